@@ -1,0 +1,1 @@
+"""llama-sidecar: a supervised pool of llama-server processes behind one OpenAI-compatible endpoint."""

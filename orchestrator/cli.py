@@ -1,0 +1,158 @@
+"""`orchestrator serve | ps | evict | config check`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import trio
+
+from orchestrator.bundled import demo_config, find_llama_server
+from orchestrator.config import Config, load_config
+from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.runtime import Daemon
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class CommandError(OrchestratorError):
+    """A CLI command failed in a way the user can act on; printed without a traceback."""
+
+
+def _load(path: str | None) -> Config:
+    return load_config(path) if path else demo_config()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    server = dataclasses.replace(
+        config.server,
+        host=args.host or config.server.host,
+        port=config.server.port if args.port is None else args.port,
+    )
+    config = dataclasses.replace(config, server=server)
+    binary = find_llama_server(config.llama_server.bin)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(message)s",
+        stream=sys.stderr,
+    )
+    trio.run(Daemon(config, binary).serve_until_signal)
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = load_config(args.path)
+    print(f"{args.path}: ok ({len(config.models)} models, {len(config.agents)} agents)")
+    return 0
+
+
+def _api(method: str, url: str) -> Any:
+    try:
+        response = httpx.request(method, url, timeout=30.0)
+    except httpx.HTTPError as error:
+        raise CommandError(f"cannot reach the daemon at {url}: {error}") from error
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text
+        raise CommandError(f"{method} {url}: HTTP {response.status_code}: {message}")
+    return response.json()
+
+
+def _age(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    seconds = max(0, int(time.time() - timestamp))
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    data = _api("GET", f"{args.url}/api/sidecars")
+    rows = [("KEY", "MODEL", "STATE", "PORT", "PID", "IN-FLIGHT", "RESTARTS", "UP", "IDLE", "AGENTS")]
+    rows += [
+        (
+            s["key"][:8], s["model"], s["state"], str(s["port"]), str(s["pid"]), str(s["in_flight"]),
+            str(s["restarts"]), _age(s["started_at"]), _age(s["last_used"]), ",".join(s["agents"]) or "-",
+        )
+        for s in data["sidecars"]
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print(f"{len(data['sidecars'])}/{data['max_sidecars']} sidecars, {data['evictions']} evictions")
+    return 0
+
+
+def cmd_evict(args: argparse.Namespace) -> int:
+    data = _api("GET", f"{args.url}/api/sidecars")
+    matches = [s["key"] for s in data["sidecars"] if s["key"].startswith(args.key) or s["model"] == args.key]
+    if len(matches) != 1:
+        found = "no sidecar" if not matches else f"{len(matches)} sidecars"
+        raise CommandError(f"{found} match {args.key!r}; give a key (prefix) from `orchestrator ps`")
+    _api("DELETE", f"{args.url}/api/sidecars/{matches[0]}")
+    print(f"stopped {matches[0]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator", description="Supervise a pool of llama-server processes."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    url_default = os.environ.get("ORCHESTRATOR_URL", DEFAULT_URL)
+
+    serve = commands.add_parser("serve", help="run the daemon")
+    serve.add_argument("--config", metavar="PATH", help="TOML or JSON config (default: the demo model)")
+    serve.add_argument("--host", help="listen address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    serve.set_defaults(handler=cmd_serve)
+
+    for name, handler, text in (("ps", cmd_ps, "list the sidecars of a running daemon"),
+                                ("evict", cmd_evict, "stop one sidecar of a running daemon")):  # fmt: skip
+        command = commands.add_parser(name, help=text)
+        command.add_argument(
+            "--url", default=url_default, help=f"daemon URL (default {url_default}, or $ORCHESTRATOR_URL)"
+        )
+        if name == "evict":
+            command.add_argument("key", help="a sidecar key, a unique key prefix, or a model name")
+        command.set_defaults(handler=handler)
+
+    config = commands.add_parser("config", help="configuration tools")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    check = config_commands.add_parser("check", help="validate a config file and report every problem")
+    check.add_argument("path")
+    check.set_defaults(handler=cmd_config_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
+    except OrchestratorError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""Configuration: TOML or JSON into frozen dataclasses, with every problem named.
+
+``parse_config`` turns an already-decoded mapping into a ``Config`` and collects
+all problems (file, key, what was expected) before raising one ConfigError.
+``load_config`` reads a file (UTF-8, a BOM tolerated) and resolves model paths
+relative to it. Model files must exist: a typo is caught at start-up, not on
+the first request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from orchestrator import flags as flagmod
+from orchestrator.errors import ConfigError, FlagError
+from orchestrator.flags import Flag
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = LOOPBACK
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class LlamaServerSettings:
+    bin: str | None = None  # None: find one (see locate.find_llama_server)
+    base_args: tuple[Flag, ...] = ()
+    health_timeout_s: float = 120.0
+    health_interval_s: float = 5.0
+    port_range: tuple[int, int] = (41000, 41999)
+    stop_grace_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    max_sidecars: int = 2
+    idle_ttl_s: float = 0.0  # 0 = never
+    capacity_wait_s: float = 60.0  # a request waits this long for a busy pool, then 503
+    drain_timeout_s: float = 30.0  # a stop waits this long for in-flight requests
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    path: str
+    identity: str  # changes when the file does, so a replaced model gets a new child
+    flags: tuple[Flag, ...] = ()
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    name: str
+    model: str
+    flags: tuple[Flag, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    server: ServerSettings = ServerSettings()
+    llama_server: LlamaServerSettings = LlamaServerSettings()
+    pool: PoolSettings = PoolSettings()
+    models: Mapping[str, ModelConfig] = field(default_factory=dict)
+    agents: Mapping[str, AgentConfig] = field(default_factory=dict)
+
+
+def file_identity(path: Path) -> str:
+    """Real path, size and modification time: what makes a model file 'the same'."""
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+T = TypeVar("T")
+
+_SECTIONS = ("server", "llama_server", "pool", "models", "agents")
+
+
+class _Table:
+    """One table of the document: typed reads that record problems instead of stopping."""
+
+    def __init__(self, problems: list[str], source: str, key: str, data: Mapping[str, Any]) -> None:
+        self._problems = problems
+        self._source = source
+        self.key = key
+        self.data = data
+
+    def problem(self, name: str, message: str) -> None:
+        where = f"{self.key}.{name}" if self.key and name else self.key or name
+        self._problems.append(f"{self._source}: {where}: {message}")
+
+    def table(self, name: str, allowed: Sequence[str] | None = None) -> _Table:
+        """The sub-table ``name``; with ``allowed``, any other key in it is a problem."""
+        key = f"{self.key}.{name}" if self.key else name
+        value = self.data.get(name, {})
+        child = _Table(self._problems, self._source, key, value if isinstance(value, Mapping) else {})
+        if not isinstance(value, Mapping):
+            self.problem(name, f"expected a table, got {type(value).__name__}")
+        for unknown in sorted(set(child.data) - set(child.data if allowed is None else allowed)):
+            child.problem(unknown, f"unknown key; expected one of {', '.join(allowed or ())}")
+        return child
+
+    def value(self, name: str, expected: str, check: Callable[[Any], bool], default: T) -> T:
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        if not check(value):
+            self.problem(name, f"expected {expected}, got {value!r}")
+            return default
+        return value  # type: ignore[no-any-return]
+
+    def number(self, name: str, default: float, minimum: float) -> float:
+        value = self.value(name, f"a number >= {minimum:g}", _is_number, default)
+        if value < minimum:
+            self.problem(name, f"expected a number >= {minimum:g}, got {value!r}")
+            return default
+        return float(value)
+
+    def integer(self, name: str, default: int, minimum: int) -> int:
+        value = self.value(name, f"an integer >= {minimum}", _is_int, default)
+        if value < minimum:
+            self.problem(name, f"expected an integer >= {minimum}, got {value!r}")
+            return default
+        return value
+
+    def text(self, name: str, expected: str, default: T) -> str | T:
+        return self.value(name, expected, _is_nonempty_str, default)
+
+    def strings(self, name: str) -> tuple[str, ...]:
+        return tuple(self.value(name, "a list of strings", _is_string_list, []))
+
+    def flags(self, name: str) -> tuple[Flag, ...]:
+        try:
+            return flagmod.parse(self.strings(name))
+        except FlagError as error:
+            self.problem(name, str(error))
+            return ()
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_nonempty_str(value: object) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+def _is_port(value: object) -> bool:
+    return _is_int(value) and 0 <= value <= 65535  # type: ignore[operator]
+
+
+def _is_string_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _is_port_range(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(_is_int(port) and 1 <= port <= 65535 for port in value)
+        and value[0] <= value[1]
+    )
+
+
+def parse_config(data: Mapping[str, Any], source: str, base_dir: Path) -> Config:
+    """Build a Config from decoded TOML/JSON; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    document = _Table(problems, source, "", data)
+    for unknown in sorted(set(data) - set(_SECTIONS)):
+        document.problem(unknown, f"unknown section; expected one of {', '.join(_SECTIONS)}")
+
+    server_t = document.table("server", ("host", "port"))
+    server = ServerSettings(
+        host=server_t.text("host", "a host name or address", LOOPBACK),
+        port=server_t.value("port", "a port 0-65535", _is_port, 8080),
+    )
+
+    llama_t = document.table("llama_server", [f.name for f in dataclasses.fields(LlamaServerSettings)])
+    d = LlamaServerSettings()
+    first, last = llama_t.value("port_range", "[first, last] ports in 1-65535", _is_port_range, d.port_range)
+    llama = LlamaServerSettings(
+        bin=llama_t.text("bin", "a path or a command name", None),
+        base_args=llama_t.flags("base_args"),
+        health_timeout_s=llama_t.number("health_timeout_s", d.health_timeout_s, 0.1),
+        health_interval_s=llama_t.number("health_interval_s", d.health_interval_s, 0.05),
+        port_range=(first, last),
+        stop_grace_s=llama_t.number("stop_grace_s", d.stop_grace_s, 0.0),
+    )
+
+    pool_t = document.table("pool", [f.name for f in dataclasses.fields(PoolSettings)])
+    p = PoolSettings()
+    pool = PoolSettings(
+        max_sidecars=pool_t.integer("max_sidecars", p.max_sidecars, 1),
+        idle_ttl_s=pool_t.number("idle_ttl_s", p.idle_ttl_s, 0.0),
+        capacity_wait_s=pool_t.number("capacity_wait_s", p.capacity_wait_s, 0.0),
+        drain_timeout_s=pool_t.number("drain_timeout_s", p.drain_timeout_s, 0.0),
+    )
+
+    models = _parse_models(document.table("models"), base_dir)
+    agents = _parse_agents(document.table("agents"), models)
+    _check_names(document, models, agents)
+    if problems:
+        raise ConfigError(problems)
+    return Config(source, server, llama, pool, models, agents)
+
+
+def _parse_models(section: _Table, base_dir: Path) -> dict[str, ModelConfig]:
+    models: dict[str, ModelConfig] = {}
+    for name in section.data:
+        table = section.table(name, ("path", "flags", "aliases"))
+        path_text = table.text("path", "a path to a .gguf file", "")
+        if not path_text:
+            if "path" not in table.data:
+                table.problem("path", "missing; expected a path to a .gguf file")
+            continue
+        path = Path(path_text).expanduser()
+        if not path.is_absolute():
+            path = base_dir / path
+        if not path.is_file():
+            table.problem("path", f"file not found: {path}")
+            continue
+        models[name] = ModelConfig(
+            name=name,
+            path=str(path),
+            identity=file_identity(path),
+            flags=table.flags("flags"),
+            aliases=table.strings("aliases"),
+        )
+    return models
+
+
+def _parse_agents(section: _Table, models: Mapping[str, ModelConfig]) -> dict[str, AgentConfig]:
+    agents: dict[str, AgentConfig] = {}
+    for name in section.data:
+        table = section.table(name, ("model", "flags"))
+        model = table.text("model", "the name of a [models.*] entry", "")
+        if model not in models:
+            known = ", ".join(models) or "none configured"
+            table.problem("model", f"expected the name of a configured model ({known}), got {model!r}")
+            continue
+        agents[name] = AgentConfig(name, model, table.flags("flags"))
+    return agents
+
+
+def _check_names(
+    document: _Table, models: Mapping[str, ModelConfig], agents: Mapping[str, AgentConfig]
+) -> None:
+    owner: dict[str, str] = {}
+    claims = [(name, f"models.{name}") for name in models]
+    claims += [(alias, f"models.{m.name}.aliases") for m in models.values() for alias in m.aliases]
+    claims += [(name, f"agents.{name}") for name in agents]
+    for name, key in claims:
+        if name in owner:
+            document.problem(key, f"the name {name!r} is already used by {owner[name]}; names must be unique")
+        else:
+            owner[name] = key
+
+
+def decode_document(raw: bytes, source: str) -> Mapping[str, Any]:
+    """Decode TOML or JSON by the file's suffix; a UTF-8 BOM is tolerated."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"{source}: not valid UTF-8 ({error})"]) from error
+    suffix = Path(source).suffix.lower()
+    try:
+        if suffix == ".json":
+            document = json.loads(text)
+        elif suffix == ".toml":
+            document = tomllib.loads(text)
+        else:
+            raise ConfigError([f"{source}: unknown file type {suffix!r}; expected .toml or .json"])
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError([f"{source}: not valid {suffix[1:].upper()}: {error}"]) from error
+    if not isinstance(document, dict):
+        raise ConfigError([f"{source}: expected a table/object at the top level"])
+    return document
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a configuration file."""
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as error:
+        raise ConfigError([f"{file}: cannot read: {error.strerror}"]) from error
+    return parse_config(decode_document(raw, str(file)), str(file), file.resolve().parent)

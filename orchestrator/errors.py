@@ -1,0 +1,57 @@
+"""The exception hierarchy: every error the orchestrator raises on purpose.
+
+Each one carries a message meant for a person: it names what was wrong and
+what was expected. The proxy maps them to OpenAI-shaped HTTP errors and the
+CLI to a short message and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class OrchestratorError(Exception):
+    """Base of every error the orchestrator raises deliberately."""
+
+
+class ConfigError(OrchestratorError):
+    """The configuration is invalid; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class FlagError(OrchestratorError):
+    """A llama-server flag list is invalid (unparsable or supervisor-owned)."""
+
+
+class UnknownModelError(OrchestratorError):
+    """A request named a model that no agent, model or alias provides."""
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        self.name = name
+        self.known = tuple(known)
+        super().__init__(f"model {name!r} does not exist; known models: {', '.join(self.known) or '(none)'}")
+
+
+class SpawnError(OrchestratorError):
+    """A llama-server child could not be brought up; carries its stderr tail."""
+
+    def __init__(self, message: str, stderr_tail: Sequence[str] = ()) -> None:
+        self.stderr_tail = tuple(stderr_tail)
+        self.reason = message
+        detail = "\n".join(self.stderr_tail)
+        super().__init__(f"{message}\n--- last stderr lines ---\n{detail}" if detail else message)
+
+
+class CapacityError(OrchestratorError):
+    """Every child is busy and the pool is full; the request waited and gave up."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class UpstreamError(OrchestratorError):
+    """A child failed while serving a request (it died or the connection broke)."""

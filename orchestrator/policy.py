@@ -1,0 +1,81 @@
+"""Pool policy: which child to evict, which have outlived their idle TTL, health verdicts.
+
+Pure functions over small views of the pool, so the rules are tested without
+processes, sockets or clocks.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+
+class State(enum.Enum):
+    """The life of one sidecar."""
+
+    STARTING = "starting"
+    READY = "ready"
+    UNHEALTHY = "unhealthy"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+@dataclass(frozen=True)
+class Occupant:
+    """What the policy needs to know about one live child."""
+
+    key: str
+    state: State
+    in_flight: int
+    last_used: float  # trio clock
+
+
+def evictable(occupant: Occupant) -> bool:
+    """Only a ready child with no request in flight may be stopped to make room."""
+    return occupant.state is State.READY and occupant.in_flight == 0
+
+
+def choose_victim(occupants: Iterable[Occupant]) -> str | None:
+    """The least recently used evictable child, or None if every child is busy or loading."""
+    candidates = [o for o in occupants if evictable(o)]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda o: (o.last_used, o.key)).key
+
+
+def expired(occupants: Iterable[Occupant], now: float, idle_ttl_s: float) -> list[str]:
+    """Children idle for at least ``idle_ttl_s`` (never, when the TTL is 0)."""
+    if idle_ttl_s <= 0:
+        return []
+    return [o.key for o in occupants if evictable(o) and now - o.last_used >= idle_ttl_s]
+
+
+def next_expiry(occupants: Iterable[Occupant], idle_ttl_s: float) -> float | None:
+    """When the next idle child will reach its TTL, if any."""
+    if idle_ttl_s <= 0:
+        return None
+    deadlines = [o.last_used + idle_ttl_s for o in occupants if evictable(o)]
+    return min(deadlines, default=None)
+
+
+HEALTH_FAILURE_LIMIT = 3
+
+
+def unhealthy(consecutive_failures: int, limit: int = HEALTH_FAILURE_LIMIT) -> bool:
+    """A child is unhealthy after ``limit`` failed health checks in a row."""
+    return consecutive_failures >= limit
+
+
+def port_candidates(port_range: tuple[int, int], in_use: Sequence[int], start: int) -> list[int]:
+    """Ports of the range not held by a live child, beginning at ``start`` and wrapping.
+
+    Starting where the previous allocation left off means a retry after a
+    bind failure tries a different port instead of the same taken one.
+    """
+    first, last = port_range
+    size = last - first + 1
+    offset = (start - first) % size
+    ordered = [first + (offset + i) % size for i in range(size)]
+    taken = set(in_use)
+    return [port for port in ordered if port not in taken]

@@ -1,0 +1,72 @@
+"""Process groups and signals: the one place where POSIX and Windows differ.
+
+Each child runs in its own session (POSIX) or process group (Windows) so that
+stopping it reaches everything it started, and a signal meant for the daemon's
+terminal is not delivered to the children as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import psutil
+import trio
+
+IS_WINDOWS = sys.platform == "win32"
+
+
+def spawn_options() -> dict[str, Any]:
+    """Keyword arguments for ``trio.run_process`` that isolate the child's process group."""
+    if sys.platform == "win32":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}
+
+
+def request_stop(process: trio.Process) -> None:
+    """Ask the child to exit (SIGTERM on POSIX; llama-server shuts down gracefully on it)."""
+    if process.returncode is None:
+        process.terminate()
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL everything in the child's process group, the child's descendants included.
+
+    Called once the direct child has exited too: a grandchild that ignored
+    SIGTERM would otherwise survive and keep the stderr pipe open.
+    """
+    if IS_WINDOWS:
+        _kill_descendants(pid)
+        return
+    with contextlib.suppress(ProcessLookupError):  # the group is already empty
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _kill_descendants(pid: int) -> None:
+    try:
+        family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return  # best effort on Windows: once the parent is gone its children are unknown
+    for process in family:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            continue  # exited meanwhile
+
+
+def describe_exit(returncode: int) -> str:
+    """'exit code 1' or 'killed by SIGILL', for people reading logs."""
+    if returncode < 0 and not IS_WINDOWS:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def is_illegal_instruction(returncode: int) -> bool:
+    return not IS_WINDOWS and returncode == -signal.SIGILL

@@ -1,0 +1,93 @@
+"""The daemon: one root nursery holding the pool and the HTTP server, and the shutdown order.
+
+Shutdown: stop accepting and let hypercorn finish in-flight requests (bounded
+by its graceful timeout), then stop every child (SIGTERM, grace, SIGKILL to
+the group), then return.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from functools import partial
+
+import httpx
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from orchestrator.bundled import LlamaServerBinary
+from orchestrator.config import Config
+from orchestrator.pool import Pool
+from orchestrator.proxy import create_app
+from orchestrator.routing import RouteTable
+
+log = logging.getLogger("orchestrator")
+
+HTTP_DRAIN_S = 10.0  # in-flight proxied requests get this long at shutdown
+
+
+def bind_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def upstream_client() -> httpx.AsyncClient:
+    """The one HTTP client for talking to children: no read timeout (generations are long)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(connect=5.0, read=None, write=30.0, pool=None),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        trust_env=False,  # children are on loopback: never through a proxy from the environment
+    )
+
+
+class Daemon:
+    """The whole orchestrator for one configuration."""
+
+    def __init__(self, config: Config, binary: LlamaServerBinary) -> None:
+        self.config = config
+        self.binary = binary
+        self.routes = RouteTable(config)
+        self.pool: Pool | None = None
+        self._shutdown = trio.Event()
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until ``request_shutdown``; started() with the base URL once listening."""
+        async with upstream_client() as http, trio.open_nursery() as nursery:
+            pool = self.pool = Pool(self.routes, self.binary, http)
+            await nursery.start(pool.run)
+            server_config = hypercorn.config.Config()
+            server_config.bind = [bind_address(self.config.server.host, self.config.server.port)]
+            server_config.graceful_timeout = HTTP_DRAIN_S
+            server_config.accesslog = None
+            app = create_app(pool, self.routes, http)
+            async with trio.open_nursery() as server:
+                binds = await server.start(
+                    partial(hypercorn.trio.serve, app, server_config, shutdown_trigger=self._shutdown.wait)
+                )
+                log.info(
+                    "serving on %s with llama-server %s (%s)", binds[0], self.binary.path, self.binary.origin
+                )
+                task_status.started(binds[0])
+            # hypercorn has returned: nothing new is accepted and in-flight requests are done.
+            await pool.stop_all("daemon shutting down")
+            nursery.cancel_scope.cancel()
+
+    async def serve_until_signal(self) -> None:
+        """Run with SIGINT/SIGTERM meaning a graceful stop (a second one: stop at once)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_signals, nursery.cancel_scope)
+            await self.run()
+            nursery.cancel_scope.cancel()
+
+    async def _watch_signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if self._shutdown.is_set():
+                    log.warning("second %s: stopping at once", signal.Signals(signum).name)
+                    scope.cancel()
+                    return
+                log.info("%s: shutting down gracefully", signal.Signals(signum).name)
+                self.request_shutdown()

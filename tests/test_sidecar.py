@@ -1,0 +1,196 @@
+"""One child's life, with the fake llama-server injecting faults (and the real one where it matters)."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from orchestrator.bundled import LlamaServerBinary
+from orchestrator.config import Config
+from orchestrator.errors import SpawnError
+from orchestrator.policy import State
+from orchestrator.routing import RouteTable
+from orchestrator.runtime import upstream_client
+from orchestrator.sidecar import Sidecar, child_environment
+from tests.conftest import make_config, pid_alive, wait_until
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def sidecar_for(config: Config, binary: LlamaServerBinary, http: httpx.AsyncClient, ports: list[int]) -> Sidecar:
+    spec = RouteTable(config).resolve(next(iter(config.models)))
+    remaining = list(ports)
+    return Sidecar(
+        spec,
+        binary=binary.path,
+        env=child_environment({"PATH": "/usr/bin:/bin"}, binary.env),
+        settings=config.llama_server,
+        http=http,
+        allocate_port=lambda: remaining.pop(0),
+    )
+
+
+def test_child_environment_scrubs_what_would_override_argv() -> None:
+    env = child_environment(
+        {"PATH": "/bin", "LLAMA_ARG_PORT": "1", "LLAMA_ARG_MODEL": "x", "LLAMA_SERVER_ROUTER_PORT": "9"},
+        {"LD_LIBRARY_PATH": "/lib"},
+    )
+    assert env == {"PATH": "/bin", "LD_LIBRARY_PATH": "/lib"}
+
+
+async def test_slow_load_is_ready_once_health_says_so(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model(load_s=1.0)}})
+    async with upstream_client() as http, trio.open_nursery() as nursery:
+        sidecar = sidecar_for(config, fake_binary, http, [free_port()])
+        started = trio.current_time()
+        await nursery.start(sidecar.run)
+        assert sidecar.state is State.READY
+        assert trio.current_time() - started >= 1.0  # not before the load finished
+        response = await http.get(f"http://127.0.0.1:{sidecar.port}/health")
+        assert response.status_code == 200
+        await sidecar.stop("test over", drain_timeout_s=1)
+    assert sidecar.state is State.EXITED
+    assert sidecar.exit_code == 0  # SIGTERM was honoured: a graceful exit
+
+
+async def test_crash_during_load_fails_at_once_with_stderr_tail(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model(exit_during_load=7)}}, llama_server={"health_timeout_s": 60})
+    async with upstream_client() as http:
+        sidecar = sidecar_for(config, fake_binary, http, [free_port()])
+        with trio.fail_after(10):  # far below health_timeout_s: it did not wait for the timeout
+            with pytest.raises(SpawnError) as raised:
+                await sidecar.run()
+    assert "exited while loading (exit code 7)" in str(raised.value)
+    assert "fake: failed to load model" in raised.value.stderr_tail
+
+
+async def test_load_timeout_kills_the_child_and_says_so(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model(load_s=60)}}, llama_server={"health_timeout_s": 0.5})
+    async with upstream_client() as http:
+        sidecar = sidecar_for(config, fake_binary, http, [free_port()])
+        with pytest.raises(SpawnError, match=r"did not become ready within 0.5 s") as raised:
+            await sidecar.run()
+    assert any("loading model" in line for line in raised.value.stderr_tail)
+    assert sidecar.pid is not None and not pid_alive(sidecar.pid)
+
+
+async def test_health_that_starts_failing_makes_it_unhealthy_and_killed(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model()}}, llama_server={"health_interval_s": 0.05})
+    states: list[State] = []
+    async with upstream_client() as http, trio.open_nursery() as nursery:
+        sidecar = sidecar_for(config, fake_binary, http, [free_port()])
+        await nursery.start(sidecar.run)
+        sidecar._on_change = lambda: states.append(sidecar.state)
+        await http.post(f"http://127.0.0.1:{sidecar.port}/fake/control", json={"health": "hang"})
+        with trio.fail_after(10):
+            await sidecar.wait_exited()
+    assert states[0] is State.UNHEALTHY
+    assert states[-1] is State.EXITED
+    assert sidecar.pid is not None and not pid_alive(sidecar.pid)
+
+
+async def test_ignored_sigterm_gets_sigkill_after_the_grace_period(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model(ignore_sigterm=True)}}, llama_server={"stop_grace_s": 0.5})
+    async with upstream_client() as http, trio.open_nursery() as nursery:
+        sidecar = sidecar_for(config, fake_binary, http, [free_port()])
+        await nursery.start(sidecar.run)
+        began = trio.current_time()
+        with trio.fail_after(10):
+            await sidecar.stop("test", drain_timeout_s=0)
+        took = trio.current_time() - began
+    assert sidecar.exit_code == -9
+    assert took >= 0.5  # it was given the grace period first
+
+
+async def test_grandchild_is_swept_with_the_group(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model(grandchild=True)}})
+    async with upstream_client() as http, trio.open_nursery() as nursery:
+        sidecar = sidecar_for(config, fake_binary, http, [free_port()])
+        await nursery.start(sidecar.run)
+        line = next(line for line in sidecar.stderr.tail() if "grandchild pid" in line)
+        grandchild = int(re.findall(r"\d+", line)[-1])
+        assert pid_alive(grandchild)
+        with trio.fail_after(10):  # the pipes closed: the grandchild no longer held stderr open
+            await sidecar.stop("test", drain_timeout_s=0)
+    await wait_until(lambda: not pid_alive(grandchild), timeout_s=5)
+
+
+async def test_stderr_flood_keeps_the_ring_buffer_bounded_and_the_loop_responsive(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model(stderr_flood_lines=200_000)}})
+    async with upstream_client() as http, trio.open_nursery() as nursery:
+        sidecar = sidecar_for(config, fake_binary, http, [free_port()])
+        await nursery.start(sidecar.run)
+        # While the flood is pumped, other tasks keep getting scheduled promptly.
+        worst_lag = 0.0
+        while not any("flood line 199999" in line for line in sidecar.stderr.tail(5)):
+            before = trio.current_time()
+            await trio.sleep(0.01)
+            worst_lag = max(worst_lag, trio.current_time() - before - 0.01)
+        assert worst_lag < 0.5
+        assert len(sidecar.stderr) == 400  # bounded: only the last TAIL_LINES are kept
+        assert (await http.get(f"http://127.0.0.1:{sidecar.port}/health")).status_code == 200
+        await sidecar.stop("test", drain_timeout_s=0)
+
+
+async def test_taken_port_is_retried_on_another(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model()}})
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        other = free_port()
+        async with upstream_client() as http, trio.open_nursery() as nursery:
+            sidecar = sidecar_for(config, fake_binary, http, [taken, other])
+            await nursery.start(sidecar.run)
+            assert sidecar.port == other
+            assert any("couldn't bind" in line for line in sidecar.stderr.tail())
+            await sidecar.stop("test", drain_timeout_s=0)
+
+
+async def test_missing_binary_is_a_spawn_error(tmp_path: Path, fake_model: Callable[..., str]) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model()}})
+    async with upstream_client() as http:
+        sidecar = sidecar_for(config, LlamaServerBinary(str(tmp_path / "nope"), "test"), http, [free_port()])
+        with pytest.raises(SpawnError, match="cannot start"):
+            await sidecar.run()
+
+
+@pytest.mark.real
+async def test_real_corrupt_model_fails_fast_with_its_stderr(
+    tmp_path: Path, real_binary: LlamaServerBinary, demo_model: Path
+) -> None:
+    corrupt = tmp_path / "corrupt.gguf"
+    corrupt.write_bytes(demo_model.read_bytes()[:4096])  # a truncated GGUF
+    config = make_config(tmp_path, {"m": {"path": str(corrupt)}})
+    async with upstream_client() as http:
+        sidecar = sidecar_for(config, real_binary, http, [free_port()])
+        with trio.fail_after(30), pytest.raises(SpawnError) as raised:
+            await sidecar.run()
+    assert "exited while loading" in str(raised.value)
+    assert any("corrupt.gguf" in line or "failed" in line.lower() for line in raised.value.stderr_tail)
