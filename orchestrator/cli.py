@@ -1,4 +1,4 @@
-"""`orchestrator serve | ps | evict | config check`."""
+"""`orchestrator serve | ps | evict | doctor | config check`."""
 
 from __future__ import annotations
 
@@ -8,22 +8,36 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import httpx
 import trio
 
-from orchestrator.bundled import demo_config, find_llama_server
+from orchestrator.bundled import LlamaServerBinary, demo_config, find_llama_server
 from orchestrator.config import Config, load_config
-from orchestrator.errors import ConfigError, OrchestratorError
-from orchestrator.runtime import Daemon
+from orchestrator.errors import ConfigError, OrchestratorError, leaf_exceptions
+from orchestrator.pool import Pool
+from orchestrator.routing import CHILD_HOST, RouteTable
+from orchestrator.runtime import Daemon, upstream_client
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+T = TypeVar("T")
 
 
 class CommandError(OrchestratorError):
     """A CLI command failed in a way the user can act on; printed without a traceback."""
+
+
+def run_trio(async_fn: Callable[..., Awaitable[T]], *args: object) -> T:
+    """trio.run, with an OrchestratorError raised inside nurseries unwrapped for a clean message."""
+    try:
+        return trio.run(async_fn, *args)
+    except BaseExceptionGroup as group:
+        matched, rest = group.split(OrchestratorError)
+        if matched is None or rest is not None:
+            raise
+        raise leaf_exceptions(matched)[0] from group
 
 
 def _load(path: str | None) -> Config:
@@ -44,7 +58,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)-7s %(message)s",
         stream=sys.stderr,
     )
-    trio.run(Daemon(config, binary).serve_until_signal)
+    run_trio(Daemon(config, binary).serve_until_signal)
+    return 0
+
+
+async def _doctor(config: Config, binary: LlamaServerBinary) -> str:
+    """Serve one chat request with ``binary`` on the config's first model, through the pool."""
+    routes = RouteTable(config)
+    spec = routes.resolve(next(iter(config.models)))
+    async with upstream_client() as http, trio.open_nursery() as nursery:
+        pool = Pool(routes, binary, http)
+        await nursery.start(pool.run)
+        started = trio.current_time()
+        async with pool.lease(spec) as sidecar:
+            loaded = trio.current_time() - started
+            body = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+            try:
+                response = await http.post(
+                    f"http://{CHILD_HOST}:{sidecar.port}/v1/chat/completions", json=body
+                )
+            except httpx.HTTPError as error:
+                raise CommandError(f"llama-server failed on its first request: {error}") from error
+            if response.status_code != 200:
+                raise CommandError(
+                    f"llama-server answered HTTP {response.status_code}: {response.text[:500]}"
+                )
+            speed = response.json().get("timings", {}).get("predicted_per_second", 0.0)
+        nursery.cancel_scope.cancel()
+    return f"ready in {loaded:.2f} s, generated at {speed:.1f} tokens/s"
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    binary = find_llama_server(config.llama_server.bin)
+    print(f"llama-server: {binary.path} ({binary.origin})")
+    print(f"model: {next(iter(config.models.values())).path}")
+    logging.basicConfig(level=logging.CRITICAL)  # the outcome below says it all
+    print(f"ok: {run_trio(_doctor, config, binary)}")
     return 0
 
 
@@ -130,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "evict":
             command.add_argument("key", help="a sidecar key, a unique key prefix, or a model name")
         command.set_defaults(handler=handler)
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check that llama-server starts and answers on this machine (the first configured model)",
+    )
+    doctor.add_argument("--config", metavar="PATH", help="TOML or JSON config (default: the demo model)")
+    doctor.set_defaults(handler=cmd_doctor)
 
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")

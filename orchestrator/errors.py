@@ -10,6 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+def leaf_exceptions(error: BaseException) -> list[BaseException]:
+    """The exceptions inside (possibly nested) exception groups, or the error itself."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in leaf_exceptions(inner)]
+    return [error]
+
+
 class OrchestratorError(Exception):
     """Base of every error the orchestrator raises deliberately."""
 

@@ -29,11 +29,16 @@ class Occupant:
     state: State
     in_flight: int
     last_used: float  # trio clock
+    waiting: int = 0  # requests queued for it to become ready
 
 
 def evictable(occupant: Occupant) -> bool:
-    """Only a ready child with no request in flight may be stopped to make room."""
-    return occupant.state is State.READY and occupant.in_flight == 0
+    """Only a ready child that no request uses or waits for may be stopped to make room.
+
+    Waiters count: a child that just became ready belongs to the requests that
+    waited for it, not to whichever other request wakes up first.
+    """
+    return occupant.state is State.READY and occupant.in_flight == 0 and occupant.waiting == 0
 
 
 def choose_victim(occupants: Iterable[Occupant]) -> str | None:

@@ -208,7 +208,9 @@ class Pool:
         self._changed = trio.Event()
 
     def _occupants(self) -> list[Occupant]:
-        return [Occupant(s.key, s.state, s.in_flight, s.last_used) for s in self._sidecars.values()]
+        return [
+            Occupant(s.key, s.state, s.in_flight, s.last_used, s.waiting) for s in self._sidecars.values()
+        ]
 
     def get(self, key: str) -> Sidecar | None:
         return self._sidecars.get(key)

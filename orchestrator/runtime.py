@@ -18,6 +18,7 @@ import trio
 
 from orchestrator.bundled import LlamaServerBinary
 from orchestrator.config import Config
+from orchestrator.errors import OrchestratorError, leaf_exceptions
 from orchestrator.pool import Pool
 from orchestrator.proxy import create_app
 from orchestrator.routing import RouteTable
@@ -25,6 +26,10 @@ from orchestrator.routing import RouteTable
 log = logging.getLogger("orchestrator")
 
 HTTP_DRAIN_S = 10.0  # in-flight proxied requests get this long at shutdown
+
+
+class ListenError(OrchestratorError):
+    """The daemon's own address could not be bound (in use, or not ours)."""
 
 
 def bind_address(host: str, port: int) -> str:
@@ -64,9 +69,15 @@ class Daemon:
             server_config.accesslog = None
             app = create_app(pool, self.routes, http)
             async with trio.open_nursery() as server:
-                binds = await server.start(
-                    partial(hypercorn.trio.serve, app, server_config, shutdown_trigger=self._shutdown.wait)
-                )
+                try:
+                    binds = await server.start(
+                        partial(
+                            hypercorn.trio.serve, app, server_config, shutdown_trigger=self._shutdown.wait
+                        )
+                    )
+                except* OSError as group:  # hypercorn binds inside its own nurseries
+                    reason = "; ".join(str(getattr(e, "strerror", e)) for e in leaf_exceptions(group))
+                    raise ListenError(f"cannot listen on {server_config.bind[0]}: {reason}") from group
                 log.info(
                     "serving on %s with llama-server %s (%s)", binds[0], self.binary.path, self.binary.origin
                 )

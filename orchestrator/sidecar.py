@@ -81,6 +81,7 @@ class Sidecar:
         self.stop_reason: str | None = None
         self.failure: SpawnError | None = None
         self.in_flight = 0
+        self.waiting = 0  # requests waiting for it to become ready
         self.last_used = trio.current_time()
         self.stderr = logtail.RingBuffer(TAIL_LINES)
         self._binary = binary
@@ -121,8 +122,16 @@ class Sidecar:
             self._idle.set()
 
     async def wait_settled(self) -> None:
-        """Until the child is ready or gone (check ``state`` and ``failure`` after)."""
-        await self._settled.wait()
+        """Until the child is ready or gone (check ``state`` and ``failure`` after).
+
+        While waiting, the caller counts in ``waiting``, which keeps the child
+        from being evicted before the caller could use it.
+        """
+        self.waiting += 1
+        try:
+            await self._settled.wait()
+        finally:
+            self.waiting -= 1
 
     async def wait_exited(self) -> None:
         await self._exited.wait()
@@ -175,7 +184,6 @@ class Sidecar:
         self.port = port
         self.argv = self.spec.argv(self._binary, port)
         self._port_taken = False
-        ready = False
         async with trio.open_nursery() as pipes:
             async with trio.open_nursery() as life:
                 self._life = life.cancel_scope
@@ -201,36 +209,39 @@ class Sidecar:
                         f"(llama_server.health_timeout_s); it was killed",
                         self.stderr.tail(ERROR_TAIL_LINES),
                     )
-                    life.cancel_scope.cancel()
                 else:
-                    ready = True
-                    if self.state is State.STARTING:
-                        self.state = State.READY
-                    self.ready_at = time.time()
-                    self.last_used = trio.current_time()
-                    log.info("%s ready in %.3f s", self.label, self.ready_at - self.started_at)
-                    self._settled.set()
-                    self._on_change()
-                    task_status.started()
-                    await self._monitor_health(port)
-                    self.state = State.UNHEALTHY
-                    self._on_change()
-                    log.warning("%s unhealthy: /health failed %d times; killing it",
-                                self.label, policy.HEALTH_FAILURE_LIMIT)  # fmt: skip
-                    life.cancel_scope.cancel()
+                    await self._serve_until_unhealthy(port, task_status)
+                life.cancel_scope.cancel()
             # The direct child has exited; now no one in its group may survive.
             procgroup.kill_group(process.pid)
             pipes.cancel_scope.deadline = trio.current_time() + PIPE_EOF_GRACE_S
         assert process.returncode is not None
         self.exit_code = process.returncode
-        self._log_exit(process.returncode)
-        if ready or self.failure is not None:
+        if self.ready_at is not None:
+            self._log_exit(process.returncode)
+        if self.ready_at is not None or self.failure is not None:
             return False
         if self._port_taken and not self._stop_requested:
             log.warning("%s port %d was taken; retrying on another port", self.label, port)
             return True
         self.failure = self._exit_while_loading(process.returncode)
         return False
+
+    async def _serve_until_unhealthy(self, port: int, task_status: trio.TaskStatus[None]) -> None:
+        """Mark the child ready, tell whoever started us, then watch its health."""
+        if self.state is State.STARTING:
+            self.state = State.READY
+        self.ready_at = time.time()
+        self.last_used = trio.current_time()
+        log.info("%s ready in %.3f s", self.label, self.ready_at - self.started_at)
+        self._settled.set()
+        self._on_change()
+        task_status.started()
+        await self._monitor_health(port)
+        self.state = State.UNHEALTHY
+        self._on_change()
+        log.warning("%s unhealthy: /health failed %d times in a row; killing it",
+                    self.label, policy.HEALTH_FAILURE_LIMIT)  # fmt: skip
 
     async def _process(self, *, task_status: trio.TaskStatus[trio.Process]) -> None:
         await trio.run_process(
@@ -307,6 +318,7 @@ class Sidecar:
         return SpawnError(message, self.stderr.tail(ERROR_TAIL_LINES))
 
     def _log_exit(self, returncode: int) -> None:
+        """Log the end of a child that had been ready (a failed start is a SpawnError instead)."""
         uptime = time.time() - self.started_at
         how = procgroup.describe_exit(returncode)
         if self._stop_requested:
@@ -329,6 +341,7 @@ class Sidecar:
             "ready_at": self.ready_at,
             "last_used": time.time() - idle_for,
             "in_flight": self.in_flight,
+            "waiting": self.waiting,
             "restarts": self.restarts,
             "exit_code": self.exit_code,
             "stderr_tail_lines": len(self.stderr),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -81,7 +81,12 @@ def make_config(
     """A validated Config listening on an ephemeral loopback port."""
     document = {
         "server": {"host": "127.0.0.1", "port": 0},
-        "llama_server": {"health_interval_s": 0.2, "stop_grace_s": 2.0, "health_timeout_s": 60, **(llama_server or {})},
+        "llama_server": {
+            "health_interval_s": 0.2,
+            "stop_grace_s": 2.0,
+            "health_timeout_s": 60,
+            **(llama_server or {}),
+        },
         "pool": pool or {},
         "models": models,
         "agents": agents or {},
@@ -101,16 +106,25 @@ async def running_daemon(config: Config, binary: LlamaServerBinary) -> AsyncIter
             daemon.request_shutdown()
 
 
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, interval_s: float = 0.02) -> None:
-    """Poll ``predicate`` until it holds; fail the test after ``timeout_s``."""
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Poll ``predicate`` (state outside trio: processes, clocks) until it holds, or fail."""
+
+    async def check() -> bool:
+        return predicate()
+
+    await poll_until(check, timeout_s)
+
+
+async def poll_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
+    """Poll an async ``check`` (an HTTP call, say) until it holds; fail after ``timeout_s``."""
     with trio.fail_after(timeout_s):
-        while not predicate():
-            await trio.sleep(interval_s)
+        while not await check():  # noqa: ASYNC110 - the state polled has no trio event to wait on
+            await trio.sleep(0.02)
 
 
 def pid_alive(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 
@@ -121,6 +135,8 @@ def no_leftover_children() -> Iterator[None]:
     before = {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}
     yield
     leftovers = [
-        p for p in psutil.Process(os.getpid()).children(recursive=True) if p.pid not in before and pid_alive(p.pid)
+        p
+        for p in psutil.Process(os.getpid()).children(recursive=True)
+        if p.pid not in before and pid_alive(p.pid)
     ]
     assert not leftovers, f"processes left behind: {[(p.pid, p.cmdline()) for p in leftovers]}"

@@ -27,7 +27,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def sidecar_for(config: Config, binary: LlamaServerBinary, http: httpx.AsyncClient, ports: list[int]) -> Sidecar:
+def sidecar_for(
+    config: Config, binary: LlamaServerBinary, http: httpx.AsyncClient, ports: list[int]
+) -> Sidecar:
     spec = RouteTable(config).resolve(next(iter(config.models)))
     remaining = list(ports)
     return Sidecar(
@@ -61,14 +63,16 @@ async def test_slow_load_is_ready_once_health_says_so(
         response = await http.get(f"http://127.0.0.1:{sidecar.port}/health")
         assert response.status_code == 200
         await sidecar.stop("test over", drain_timeout_s=1)
-    assert sidecar.state is State.EXITED
+    assert sidecar.describe()["state"] == "exited"
     assert sidecar.exit_code == 0  # SIGTERM was honoured: a graceful exit
 
 
 async def test_crash_during_load_fails_at_once_with_stderr_tail(
     tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
 ) -> None:
-    config = make_config(tmp_path, {"m": {"path": fake_model(exit_during_load=7)}}, llama_server={"health_timeout_s": 60})
+    config = make_config(
+        tmp_path, {"m": {"path": fake_model(exit_during_load=7)}}, llama_server={"health_timeout_s": 60}
+    )
     async with upstream_client() as http:
         sidecar = sidecar_for(config, fake_binary, http, [free_port()])
         with trio.fail_after(10):  # far below health_timeout_s: it did not wait for the timeout
@@ -81,7 +85,9 @@ async def test_crash_during_load_fails_at_once_with_stderr_tail(
 async def test_load_timeout_kills_the_child_and_says_so(
     tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
 ) -> None:
-    config = make_config(tmp_path, {"m": {"path": fake_model(load_s=60)}}, llama_server={"health_timeout_s": 0.5})
+    config = make_config(
+        tmp_path, {"m": {"path": fake_model(load_s=60)}}, llama_server={"health_timeout_s": 0.5}
+    )
     async with upstream_client() as http:
         sidecar = sidecar_for(config, fake_binary, http, [free_port()])
         with pytest.raises(SpawnError, match=r"did not become ready within 0.5 s") as raised:
@@ -110,7 +116,9 @@ async def test_health_that_starts_failing_makes_it_unhealthy_and_killed(
 async def test_ignored_sigterm_gets_sigkill_after_the_grace_period(
     tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
 ) -> None:
-    config = make_config(tmp_path, {"m": {"path": fake_model(ignore_sigterm=True)}}, llama_server={"stop_grace_s": 0.5})
+    config = make_config(
+        tmp_path, {"m": {"path": fake_model(ignore_sigterm=True)}}, llama_server={"stop_grace_s": 0.5}
+    )
     async with upstream_client() as http, trio.open_nursery() as nursery:
         sidecar = sidecar_for(config, fake_binary, http, [free_port()])
         await nursery.start(sidecar.run)
@@ -186,7 +194,7 @@ async def test_real_corrupt_model_fails_fast_with_its_stderr(
     tmp_path: Path, real_binary: LlamaServerBinary, demo_model: Path
 ) -> None:
     corrupt = tmp_path / "corrupt.gguf"
-    corrupt.write_bytes(demo_model.read_bytes()[:4096])  # a truncated GGUF
+    await trio.Path(corrupt).write_bytes((await trio.Path(demo_model).read_bytes())[:4096])  # truncated
     config = make_config(tmp_path, {"m": {"path": str(corrupt)}})
     async with upstream_client() as http:
         sidecar = sidecar_for(config, real_binary, http, [free_port()])

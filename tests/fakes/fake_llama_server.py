@@ -47,7 +47,7 @@ class State:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         log(f"srv  log_server_r: request: {self.command} {self.path} {args[1] if len(args) > 1 else ''}")
 
     def send_json(self, status: int, payload: object) -> None:
@@ -61,7 +61,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if not State.ready.is_set():
-            self.send_json(503, {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}})
+            self.send_json(
+                503, {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
+            )
         elif self.path == "/health":
             if State.health == "hang":
                 time.sleep(3600)
@@ -80,12 +82,17 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(200, {"health": State.health})
             return
         if not State.ready.is_set():
-            self.send_json(503, {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}})
+            self.send_json(
+                503, {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
+            )
             return
         State.requests += 1
         tokens = [f"tok{i} " for i in range(int(State.behaviour.get("tokens", 4)))]
         if self.path == "/v1/embeddings":
-            self.send_json(200, {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]})
+            self.send_json(
+                200,
+                {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]},
+            )
         elif body.get("stream"):
             self.stream(tokens)
         else:
@@ -96,7 +103,11 @@ class Handler(BaseHTTPRequestHandler):
                     "object": "chat.completion",
                     "model": body.get("model", ""),
                     "choices": [{"index": 0, "finish_reason": "length", "message": message}],
-                    "usage": {"prompt_tokens": 3, "completion_tokens": len(tokens), "total_tokens": 3 + len(tokens)},
+                    "usage": {
+                        "prompt_tokens": 3,
+                        "completion_tokens": len(tokens),
+                        "total_tokens": 3 + len(tokens),
+                    },
                 },
             )
 
@@ -110,7 +121,10 @@ class Handler(BaseHTTPRequestHandler):
             if crash_after is not None and index >= crash_after:
                 log("fake: crashing mid-stream")
                 os._exit(3)
-            chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": token}}]}
+            chunk = {
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"content": token}}],
+            }
             self.write_chunk(f"data: {json.dumps(chunk)}\n\n".encode())
             time.sleep(float(State.behaviour.get("token_delay_s", 0)))
         self.write_chunk(b"data: [DONE]\n\n")
@@ -119,6 +133,11 @@ class Handler(BaseHTTPRequestHandler):
     def write_chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
+
+
+def on_sigterm(_signum: int, _frame: object) -> None:
+    log("fake: SIGTERM, shutting down")
+    os._exit(0)
 
 
 def main(argv: list[str]) -> int:
@@ -133,11 +152,15 @@ def main(argv: list[str]) -> int:
     if behaviour.get("ignore_sigterm"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
-        signal.signal(signal.SIGTERM, lambda *_: (log("fake: SIGTERM, shutting down"), os._exit(0)))
+        signal.signal(signal.SIGTERM, on_sigterm)
     log(f"fake: argv {' '.join(argv)}")
     if behaviour.get("grandchild"):
         grandchild = subprocess.Popen(
-            [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"]
+            [
+                sys.executable,
+                "-c",
+                "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)",
+            ]
         )
         log(f"fake: grandchild pid {grandchild.pid}")
     try:

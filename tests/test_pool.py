@@ -1,0 +1,87 @@
+"""The pool on the fake llama-server: leases, idle TTL, and eviction racing requests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from orchestrator.bundled import LlamaServerBinary
+from orchestrator.config import Config
+from orchestrator.policy import State
+from orchestrator.pool import Pool
+from orchestrator.routing import RouteTable
+from orchestrator.runtime import upstream_client
+from tests.conftest import make_config, pid_alive, wait_until
+
+
+@asynccontextmanager
+async def running_pool(config: Config, binary: LlamaServerBinary) -> AsyncIterator[Pool]:
+    async with upstream_client() as http, trio.open_nursery() as nursery:
+        pool = Pool(RouteTable(config), binary, http)
+        await nursery.start(pool.run)
+        yield pool
+        nursery.cancel_scope.cancel()
+
+
+async def test_lease_counts_in_flight_and_marks_last_use(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model()}})
+    async with running_pool(config, fake_binary) as pool:
+        spec = pool.routes.resolve("m")
+        async with pool.lease(spec) as first, pool.lease(spec) as second:
+            assert first is second
+            assert first.in_flight == 2
+            used = first.last_used
+        assert first.in_flight == 0
+        assert first.last_used >= used
+
+
+async def test_idle_ttl_stops_idle_children_but_never_a_busy_one(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model()}}, pool={"idle_ttl_s": 0.3})
+    async with running_pool(config, fake_binary) as pool:
+        spec = pool.routes.resolve("m")
+        async with pool.lease(spec) as sidecar:
+            held_since = trio.current_time()
+            await wait_until(lambda: trio.current_time() - held_since > 0.9)  # three TTLs, busy all along
+            assert sidecar.state is State.READY
+        released = trio.current_time()
+        await sidecar.wait_exited()
+        assert trio.current_time() - released >= 0.3
+        assert sidecar.stop_reason is not None and "idle" in sidecar.stop_reason
+        assert pool.sidecars() == [] and pool.evictions == 1
+        assert sidecar.pid is not None and not pid_alive(sidecar.pid)
+
+
+async def test_request_racing_the_eviction_of_its_child_waits_for_a_fresh_one(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    config = make_config(
+        tmp_path,
+        {"a": {"path": fake_model("a")}, "b": {"path": fake_model("b", load_s=0.3)}},
+        pool={"max_sidecars": 1},
+    )
+    async with running_pool(config, fake_binary) as pool:
+        spec_a, spec_b = pool.routes.resolve("a"), pool.routes.resolve("b")
+        async with pool.lease(spec_a) as first_a:
+            pass
+        served: list[str] = []
+
+        async def use(spec_name: str) -> None:
+            async with pool.lease(pool.routes.resolve(spec_name)) as sidecar:
+                assert sidecar.state is State.READY
+                served.append(sidecar.spec.model)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(use, "b")  # evicts a
+            await wait_until(lambda: first_a.state is not State.READY)
+            nursery.start_soon(use, "a")  # a is stopping: must wait for a fresh one
+        assert sorted(served) == ["a", "b"]
+        [final] = pool.sidecars()
+        assert final.spec is spec_a and final is not first_a and final.restarts == 1
+        assert spec_b.key not in [s.key for s in pool.sidecars()]

@@ -1,0 +1,385 @@
+"""The HTTP surface end to end: a real hypercorn server on loopback, real or fake children."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import trio
+
+from orchestrator.bundled import LlamaServerBinary
+from orchestrator.runtime import Daemon
+from tests.conftest import make_config, pid_alive, poll_until, running_daemon, wait_until
+
+CHAT = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0}
+
+
+async def sidecars(client: httpx.AsyncClient, url: str) -> list[dict[str, Any]]:
+    response = await client.get(f"{url}/api/sidecars")
+    assert response.status_code == 200
+    return list(response.json()["sidecars"])
+
+
+async def no_sidecars(client: httpx.AsyncClient, url: str) -> bool:
+    return await sidecars(client, url) == []
+
+
+def openai_client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    body = response.json()
+    assert set(body) == {"error"} and {"message", "type", "code"} <= set(body["error"])
+    return dict(body["error"])
+
+
+# -- the real llama-server with SmolLM2 ------------------------------------------------
+
+
+@pytest.mark.real
+async def test_real_chat_through_the_openai_client_plain_and_streaming(
+    tmp_path: Path, real_binary: LlamaServerBinary, demo_model: Path
+) -> None:
+    config = make_config(
+        tmp_path, {"smollm2": {"path": str(demo_model), "flags": ["-c", "2048"], "aliases": ["smol"]}}
+    )
+    async with running_daemon(config, real_binary) as (url, _daemon):
+        client = openai_client(url)
+        completion = await trio.to_thread.run_sync(
+            partial(client.chat.completions.create, model="smol", **CHAT)
+        )
+        assert completion.choices[0].message.content
+        assert completion.usage is not None and completion.usage.completion_tokens > 0
+
+        def stream() -> list[str]:
+            chunks = client.chat.completions.create(model="smollm2", stream=True, **CHAT)  # type: ignore[call-overload]
+            return [c.choices[0].delta.content or "" for c in chunks if c.choices]
+
+        pieces = await trio.to_thread.run_sync(stream)
+        assert len([p for p in pieces if p]) >= 2  # token by token, not one buffered blob
+        assert "".join(pieces).strip()
+
+
+@pytest.mark.real
+async def test_real_agents_share_a_child_when_flags_match_and_not_otherwise(
+    tmp_path: Path, real_binary: LlamaServerBinary, demo_model: Path
+) -> None:
+    config = make_config(
+        tmp_path,
+        {"smollm2": {"path": str(demo_model), "flags": ["-c", "2048"]}},
+        agents={
+            "coder": {"model": "smollm2", "flags": ["--ctx-size=1024"]},
+            "reviewer": {"model": "smollm2", "flags": ["-c", "1024"]},
+            "writer": {"model": "smollm2", "flags": ["-c", "1536"]},
+        },
+    )
+    async with running_daemon(config, real_binary) as (url, _daemon), httpx.AsyncClient(timeout=60) as client:
+        for agent in ("coder", "reviewer"):
+            response = await client.post(f"{url}/v1/chat/completions", json={"model": agent, **CHAT})
+            assert response.status_code == 200, response.text
+        shared = await sidecars(client, url)
+        assert len(shared) == 1
+        assert sorted(shared[0]["agents"]) == ["coder", "reviewer"]
+        assert shared[0]["argv"][-2:] == ["--ctx-size", "1024"]  # the agent's flag won over the model's
+
+        response = await client.post(f"{url}/v1/chat/completions", json={"model": "writer", **CHAT})
+        assert response.status_code == 200, response.text
+        both = await sidecars(client, url)
+        assert len(both) == 2
+        assert len({s["pid"] for s in both}) == 2
+
+
+@pytest.mark.real
+async def test_real_pool_of_one_evicts_the_idle_child_for_another_model(
+    tmp_path: Path, real_binary: LlamaServerBinary, demo_model: Path
+) -> None:
+    config = make_config(
+        tmp_path,
+        {
+            "a": {"path": str(demo_model), "flags": ["-c", "1024"]},
+            "b": {"path": str(demo_model), "flags": ["-c", "2048"]},
+        },
+        pool={"max_sidecars": 1},
+    )
+    async with running_daemon(config, real_binary) as (url, _daemon), httpx.AsyncClient(timeout=60) as client:
+        assert (
+            await client.post(f"{url}/v1/chat/completions", json={"model": "a", **CHAT})
+        ).status_code == 200
+        [first] = await sidecars(client, url)
+        assert (
+            await client.post(f"{url}/v1/chat/completions", json={"model": "b", **CHAT})
+        ).status_code == 200
+        [second] = await sidecars(client, url)
+        assert second["model"] == "b"
+        assert not pid_alive(first["pid"])
+        assert (await client.get(f"{url}/api/sidecars")).json()["evictions"] == 1
+
+
+@pytest.mark.real
+async def test_real_concurrent_cold_requests_cause_one_spawn(
+    tmp_path: Path, real_binary: LlamaServerBinary, demo_model: Path
+) -> None:
+    config = make_config(tmp_path, {"smollm2": {"path": str(demo_model)}})
+    async with running_daemon(config, real_binary) as (url, daemon), httpx.AsyncClient(timeout=120) as client:
+        statuses: list[int] = []
+
+        async def ask() -> None:
+            body = {"model": "smollm2", **CHAT, "max_tokens": 2}
+            statuses.append((await client.post(f"{url}/v1/chat/completions", json=body)).status_code)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(ask)
+        assert statuses == [200] * 8
+        [only] = await sidecars(client, url)
+        assert only["restarts"] == 0  # exactly one spawn for this key
+        assert daemon.pool is not None and daemon.pool._spawns == {only["key"]: 1}
+
+
+@pytest.mark.real
+async def test_real_sigkilled_child_is_noticed_and_respawned(
+    tmp_path: Path, real_binary: LlamaServerBinary, demo_model: Path
+) -> None:
+    config = make_config(tmp_path, {"smollm2": {"path": str(demo_model)}})
+    async with running_daemon(config, real_binary) as (url, _daemon), httpx.AsyncClient(timeout=60) as client:
+        assert (
+            await client.post(f"{url}/v1/chat/completions", json={"model": "smollm2", **CHAT})
+        ).status_code == 200
+        [before] = await sidecars(client, url)
+        os.kill(before["pid"], signal.SIGKILL)
+        await poll_until(partial(no_sidecars, client, url))  # the reaper removed it from the pool
+        assert (
+            await client.post(f"{url}/v1/chat/completions", json={"model": "smollm2", **CHAT})
+        ).status_code == 200
+        [after] = await sidecars(client, url)
+        assert after["pid"] != before["pid"]
+        assert after["restarts"] == 1
+
+
+@pytest.mark.real
+async def test_real_unloadable_model_fails_the_request_fast_with_stderr(
+    tmp_path: Path, real_binary: LlamaServerBinary, demo_model: Path
+) -> None:
+    corrupt = tmp_path / "corrupt.gguf"
+    await trio.Path(corrupt).write_bytes((await trio.Path(demo_model).read_bytes())[:4096])
+    config = make_config(tmp_path, {"broken": {"path": str(corrupt)}})
+    async with running_daemon(config, real_binary) as (url, _daemon), httpx.AsyncClient(timeout=60) as client:
+        with trio.fail_after(30):
+            response = await client.post(f"{url}/v1/chat/completions", json={"model": "broken", **CHAT})
+        assert response.status_code == 502
+        error = error_of(response)
+        assert error["code"] == "sidecar_spawn_failed"
+        assert "exited while loading" in error["message"]
+        assert "last stderr lines" in error["message"]
+        assert await sidecars(client, url) == []
+
+
+# -- the fake, for faults and the HTTP contract ---------------------------------------------
+
+
+@pytest.fixture
+def fake_daemon_config(tmp_path: Path, fake_model: Callable[..., str]) -> Callable[..., Any]:
+    def make(pool: dict[str, Any] | None = None, **behaviours: dict[str, Any]) -> Any:
+        models = {name: {"path": fake_model(name, **behaviour)} for name, behaviour in behaviours.items()}
+        return make_config(tmp_path, models, pool=pool)
+
+    return make
+
+
+async def test_errors_have_the_openai_shape(
+    fake_daemon_config: Callable[..., Any], fake_binary: LlamaServerBinary
+) -> None:
+    config = fake_daemon_config(m={})
+    async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient() as client:
+        unknown = await client.post(f"{url}/v1/chat/completions", json={"model": "nope", **CHAT})
+        assert unknown.status_code == 404 and "known models: m" in error_of(unknown)["message"]
+        bad_json = await client.post(f"{url}/v1/chat/completions", content=b"{not json")
+        assert bad_json.status_code == 400 and error_of(bad_json)["code"] == "invalid_json"
+        no_model = await client.post(f"{url}/v1/completions", json={"prompt": "x"})
+        assert no_model.status_code == 400 and "'model'" in error_of(no_model)["message"]
+        not_object = await client.post(f"{url}/v1/embeddings", json=["model", "m"])
+        assert not_object.status_code == 400
+        wrong_method = await client.get(f"{url}/v1/chat/completions")
+        assert wrong_method.status_code == 405 and error_of(wrong_method)["code"] == "method_not_allowed"
+        no_route = await client.get(f"{url}/v2/nothing")
+        assert no_route.status_code == 404 and error_of(no_route)["code"] == "not_found"
+        assert (await client.delete(f"{url}/api/sidecars/0123")).status_code == 404
+        assert (await client.get(f"{url}/health")).json()["status"] == "ok"
+        assert await sidecars(client, url) == []  # none of that spawned anything
+
+
+async def test_models_lists_agents_models_and_aliases_without_spawning(
+    tmp_path: Path, fake_model: Callable[..., str], fake_binary: LlamaServerBinary
+) -> None:
+    config = make_config(
+        tmp_path,
+        {"m": {"path": fake_model(), "aliases": ["em"]}},
+        agents={"coder": {"model": "m", "flags": ["-c", "512"]}},
+    )
+    async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient() as client:
+        listed = (await client.get(f"{url}/v1/models")).json()
+        kinds = {entry["id"]: entry["kind"] for entry in listed["data"]}
+        assert kinds == {"m": "model", "em": "alias", "coder": "agent"}
+        assert await sidecars(client, url) == []
+
+
+async def test_responses_pass_through_untouched_and_streams_unbuffered(
+    fake_daemon_config: Callable[..., Any], fake_binary: LlamaServerBinary
+) -> None:
+    config = fake_daemon_config(m={"tokens": 3, "token_delay_s": 0.3})
+    async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient(timeout=30) as client:
+        plain = await client.post(f"{url}/v1/chat/completions", json={"model": "m", **CHAT})
+        assert plain.status_code == 200
+        assert plain.json()["choices"][0]["message"]["content"] == "tok0 tok1 tok2 "
+        assert "access-control-allow-origin" not in plain.headers  # the child's CORS header is not ours
+        arrivals: list[float] = []
+        async with client.stream(
+            "POST", f"{url}/v1/chat/completions", json={"model": "m", "stream": True, **CHAT}
+        ) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    arrivals.append(trio.current_time())
+        assert len(arrivals) == 3
+        assert arrivals[1] - arrivals[0] > 0.2  # each chunk arrived when the child sent it
+
+
+async def test_child_dying_mid_stream_ends_the_stream_with_an_error_event_then_respawns(
+    fake_daemon_config: Callable[..., Any], fake_binary: LlamaServerBinary
+) -> None:
+    config = fake_daemon_config(m={"tokens": 5, "crash_after_chunks": 2})
+    async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient(timeout=30) as client:
+        events: list[Any] = []
+        async with client.stream(
+            "POST", f"{url}/v1/chat/completions", json={"model": "m", "stream": True, **CHAT}
+        ) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+        assert len(events) == 3
+        assert events[-1]["error"]["code"] == "sidecar_failed"
+        await poll_until(partial(no_sidecars, client, url))
+        again = await client.post(f"{url}/v1/chat/completions", json={"model": "m", **CHAT})
+        assert again.status_code == 200
+        [respawned] = await sidecars(client, url)
+        assert respawned["restarts"] == 1
+
+
+async def test_client_leaving_mid_spawn_does_not_stop_the_spawn(
+    fake_daemon_config: Callable[..., Any], fake_binary: LlamaServerBinary
+) -> None:
+    config = fake_daemon_config(m={"load_s": 1.0})
+    async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient() as client:
+        with trio.move_on_after(0.3):
+            await client.post(f"{url}/v1/chat/completions", json={"model": "m", **CHAT})
+            pytest.fail("the request should still be waiting for the spawn")
+
+        async def one_ready() -> bool:
+            return [s["state"] for s in await sidecars(client, url)] == ["ready"]
+
+        await poll_until(one_ready)
+        [child] = await sidecars(client, url)
+        assert child["in_flight"] == 0
+
+
+async def test_disconnect_mid_stream_releases_the_lease(
+    fake_daemon_config: Callable[..., Any], fake_binary: LlamaServerBinary
+) -> None:
+    config = fake_daemon_config(m={"tokens": 50, "token_delay_s": 0.05})
+    async with running_daemon(config, fake_binary) as (url, daemon), httpx.AsyncClient(timeout=30) as client:
+        async with client.stream(
+            "POST", f"{url}/v1/chat/completions", json={"model": "m", "stream": True, **CHAT}
+        ) as r:
+            async for _line in r.aiter_lines():
+                break  # leave after the first line
+        assert daemon.pool is not None
+        [child] = daemon.pool.sidecars()
+        await wait_until(lambda: child.in_flight == 0)
+
+
+async def test_busy_child_is_not_killed_and_the_wait_for_room_ends_in_503(
+    fake_daemon_config: Callable[..., Any], fake_binary: LlamaServerBinary
+) -> None:
+    config = fake_daemon_config(
+        pool={"max_sidecars": 1, "capacity_wait_s": 0.5}, busy={"tokens": 40, "token_delay_s": 0.05}, other={}
+    )
+    async with running_daemon(config, fake_binary) as (url, daemon), httpx.AsyncClient(timeout=30) as client:
+        async with client.stream(
+            "POST", f"{url}/v1/chat/completions", json={"model": "busy", "stream": True, **CHAT}
+        ) as r:
+            lines = r.aiter_lines()
+            await lines.__anext__()  # the busy child is serving now
+            refused = await client.post(f"{url}/v1/chat/completions", json={"model": "other", **CHAT})
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"].isdigit()
+            assert error_of(refused)["code"] == "pool_busy"
+            rest = [line async for line in lines]
+        assert "data: [DONE]" in rest  # the busy child finished its stream untouched
+        assert daemon.pool is not None and daemon.pool.evictions == 0
+
+
+async def test_waiting_request_gets_the_child_once_the_busy_one_is_idle(
+    fake_daemon_config: Callable[..., Any], fake_binary: LlamaServerBinary
+) -> None:
+    config = fake_daemon_config(
+        pool={"max_sidecars": 1}, busy={"tokens": 10, "token_delay_s": 0.05}, other={}
+    )
+    async with running_daemon(config, fake_binary) as (url, daemon), httpx.AsyncClient(timeout=30) as client:
+        results: dict[str, int] = {}
+
+        async def stream_busy() -> None:
+            body = {"model": "busy", "stream": True, **CHAT}
+            async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+                results["busy_lines"] = len(
+                    [line async for line in r.aiter_lines() if line.startswith("data:")]
+                )
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream_busy)
+            assert daemon.pool is not None
+            await wait_until(lambda: any(s.in_flight for s in daemon.pool.sidecars()))  # type: ignore[union-attr]
+            other = await client.post(f"{url}/v1/chat/completions", json={"model": "other", **CHAT})
+            results["other"] = other.status_code
+        assert results == {"busy_lines": 11, "other": 200}  # 10 tokens + [DONE], nothing cut
+
+
+async def test_delete_stops_a_sidecar(
+    fake_daemon_config: Callable[..., Any], fake_binary: LlamaServerBinary
+) -> None:
+    config = fake_daemon_config(m={})
+    async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient(timeout=30) as client:
+        assert (
+            await client.post(f"{url}/v1/chat/completions", json={"model": "m", **CHAT})
+        ).status_code == 200
+        [child] = await sidecars(client, url)
+        response = await client.delete(f"{url}/api/sidecars/{child['key']}")
+        assert response.status_code == 200 and response.json() == {"stopped": child["key"]}
+        assert not pid_alive(child["pid"])
+        assert await sidecars(client, url) == []
+
+
+async def test_shutdown_stops_every_child(
+    fake_daemon_config: Callable[..., Any], fake_binary: LlamaServerBinary
+) -> None:
+    config = fake_daemon_config(a={}, b={})
+    daemon = Daemon(config, fake_binary)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(daemon.run)
+        async with httpx.AsyncClient(timeout=30) as client:
+            for name in ("a", "b"):
+                assert (
+                    await client.post(f"{url}/v1/chat/completions", json={"model": name, **CHAT})
+                ).status_code == 200
+            pids = [s["pid"] for s in await sidecars(client, url)]
+        daemon.request_shutdown()
+    assert len(pids) == 2
+    assert not any(pid_alive(pid) for pid in pids)

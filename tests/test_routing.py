@@ -1,0 +1,65 @@
+"""Names to sidecar specs: sharing, argv layout, and keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import UnknownModelError
+from orchestrator.routing import RouteTable
+from tests.conftest import make_config
+
+
+@pytest.fixture
+def model_path(tmp_path: Path) -> str:
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF")
+    return str(path)
+
+
+def test_argv_layout_base_then_owned_then_explicit(tmp_path: Path, model_path: str) -> None:
+    config = make_config(
+        tmp_path,
+        {"m": {"path": model_path, "flags": ["-fa"]}},
+        agents={"coder": {"model": "m", "flags": ["-c", "8192"]}},
+        llama_server={"base_args": ["-c", "4096", "--threads", "2"]},
+    )
+    spec = RouteTable(config).resolve("coder")
+    assert spec.argv("llama-server", 41000) == [
+        "llama-server",
+        "--threads", "2",
+        "--model", model_path,
+        "--host", "127.0.0.1",
+        "--port", "41000",
+        "--ctx-size", "8192",
+        "--flash-attn", "on",
+    ]  # fmt: skip
+
+
+def test_same_effective_flags_share_a_key_and_users_are_listed(tmp_path: Path, model_path: str) -> None:
+    config = make_config(
+        tmp_path,
+        {"m": {"path": model_path, "flags": ["-c", "2048"], "aliases": ["mm"]}},
+        agents={
+            "same-as-model": {"model": "m", "flags": ["--ctx-size=2048"]},
+            "bigger": {"model": "m", "flags": ["-c", "4096"]},
+        },
+    )
+    routes = RouteTable(config)
+    assert routes.resolve("m").key == routes.resolve("mm").key == routes.resolve("same-as-model").key
+    assert routes.resolve("bigger").key != routes.resolve("m").key
+    assert sorted(routes.users(routes.resolve("m").key)) == ["m", "same-as-model"]
+
+
+def test_a_replaced_model_file_gets_a_new_key(tmp_path: Path, model_path: str) -> None:
+    before = RouteTable(make_config(tmp_path, {"m": {"path": model_path}})).resolve("m").key
+    Path(model_path).write_bytes(b"GGUF but different")
+    after = RouteTable(make_config(tmp_path, {"m": {"path": model_path}})).resolve("m").key
+    assert before != after
+
+
+def test_unknown_name_lists_the_known_ones(tmp_path: Path, model_path: str) -> None:
+    routes = RouteTable(make_config(tmp_path, {"m": {"path": model_path, "aliases": ["x"]}}))
+    with pytest.raises(UnknownModelError, match="known models: m, x"):
+        routes.resolve("gpt-4")

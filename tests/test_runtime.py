@@ -1,0 +1,91 @@
+"""The daemon as a process: `orchestrator serve` starts, serves and stops on a signal."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import trio
+
+from orchestrator.bundled import LlamaServerBinary
+from orchestrator.runtime import bind_address
+from tests.conftest import pid_alive
+
+
+def test_bind_address_brackets_ipv6() -> None:
+    assert bind_address("127.0.0.1", 80) == "127.0.0.1:80"
+    assert bind_address("::1", 80) == "[::1]:80"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_serve_process_stops_gracefully_on_sigterm(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    port = free_port()
+    config = f'[server]\nport = {port}\n[llama_server]\nbin = "{fake_binary.path}"\n'
+    (tmp_path / "c.toml").write_text(config + f'[models.m]\npath = "{fake_model()}"\n')
+    url = f"http://127.0.0.1:{port}"
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(
+            trio.run_process,
+            [sys.executable, "-m", "orchestrator", "serve", "--config", str(tmp_path / "c.toml")],
+        )
+        async with httpx.AsyncClient(timeout=10) as client:
+            with trio.fail_after(20):
+                while True:
+                    try:
+                        if (await client.get(f"{url}/health")).status_code == 200:
+                            break
+                    except httpx.ConnectError:
+                        await trio.sleep(0.05)  # not listening yet
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            assert (await client.post(f"{url}/v1/chat/completions", json=body)).status_code == 200
+            [child] = (await client.get(f"{url}/api/sidecars")).json()["sidecars"]
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            await process.wait()
+    assert process.returncode == 0
+    assert not pid_alive(child["pid"])
+
+
+def test_serve_with_a_bad_config_exits_1_before_starting_anything(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text('[models.m]\npath = "absent.gguf"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "serve", "--config", str(tmp_path / "c.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "models.m.path: file not found" in result.stderr
+
+
+def test_serve_on_a_taken_port_is_a_short_error(tmp_path: Path, fake_binary: LlamaServerBinary) -> None:
+    (tmp_path / "m.gguf").write_text("{}")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        config = f'[server]\nport = {port}\n[llama_server]\nbin = "{fake_binary.path}"\n'
+        (tmp_path / "c.toml").write_text(config + '[models.m]\npath = "m.gguf"\n')
+        result = subprocess.run(
+            [sys.executable, "-m", "orchestrator", "serve", "--config", str(tmp_path / "c.toml")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
