@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -120,6 +121,13 @@ async def poll_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 10
     with trio.fail_after(timeout_s):
         while not await check():  # noqa: ASYNC110 - the state polled has no trio event to wait on
             await trio.sleep(0.02)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def pid_alive(pid: int) -> bool:

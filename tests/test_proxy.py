@@ -28,6 +28,10 @@ async def sidecars(client: httpx.AsyncClient, url: str) -> list[dict[str, Any]]:
     return list(response.json()["sidecars"])
 
 
+async def chat(client: httpx.AsyncClient, url: str, model: str) -> httpx.Response:
+    return await client.post(f"{url}/v1/chat/completions", json={"model": model, **CHAT})
+
+
 async def no_sidecars(client: httpx.AsyncClient, url: str) -> bool:
     return await sidecars(client, url) == []
 
@@ -84,14 +88,14 @@ async def test_real_agents_share_a_child_when_flags_match_and_not_otherwise(
     )
     async with running_daemon(config, real_binary) as (url, _daemon), httpx.AsyncClient(timeout=60) as client:
         for agent in ("coder", "reviewer"):
-            response = await client.post(f"{url}/v1/chat/completions", json={"model": agent, **CHAT})
+            response = await chat(client, url, agent)
             assert response.status_code == 200, response.text
         shared = await sidecars(client, url)
         assert len(shared) == 1
         assert sorted(shared[0]["agents"]) == ["coder", "reviewer"]
         assert shared[0]["argv"][-2:] == ["--ctx-size", "1024"]  # the agent's flag won over the model's
 
-        response = await client.post(f"{url}/v1/chat/completions", json={"model": "writer", **CHAT})
+        response = await chat(client, url, "writer")
         assert response.status_code == 200, response.text
         both = await sidecars(client, url)
         assert len(both) == 2
@@ -111,13 +115,9 @@ async def test_real_pool_of_one_evicts_the_idle_child_for_another_model(
         pool={"max_sidecars": 1},
     )
     async with running_daemon(config, real_binary) as (url, _daemon), httpx.AsyncClient(timeout=60) as client:
-        assert (
-            await client.post(f"{url}/v1/chat/completions", json={"model": "a", **CHAT})
-        ).status_code == 200
+        assert (await chat(client, url, "a")).status_code == 200
         [first] = await sidecars(client, url)
-        assert (
-            await client.post(f"{url}/v1/chat/completions", json={"model": "b", **CHAT})
-        ).status_code == 200
+        assert (await chat(client, url, "b")).status_code == 200
         [second] = await sidecars(client, url)
         assert second["model"] == "b"
         assert not pid_alive(first["pid"])
@@ -151,15 +151,11 @@ async def test_real_sigkilled_child_is_noticed_and_respawned(
 ) -> None:
     config = make_config(tmp_path, {"smollm2": {"path": str(demo_model)}})
     async with running_daemon(config, real_binary) as (url, _daemon), httpx.AsyncClient(timeout=60) as client:
-        assert (
-            await client.post(f"{url}/v1/chat/completions", json={"model": "smollm2", **CHAT})
-        ).status_code == 200
+        assert (await chat(client, url, "smollm2")).status_code == 200
         [before] = await sidecars(client, url)
         os.kill(before["pid"], signal.SIGKILL)
         await poll_until(partial(no_sidecars, client, url))  # the reaper removed it from the pool
-        assert (
-            await client.post(f"{url}/v1/chat/completions", json={"model": "smollm2", **CHAT})
-        ).status_code == 200
+        assert (await chat(client, url, "smollm2")).status_code == 200
         [after] = await sidecars(client, url)
         assert after["pid"] != before["pid"]
         assert after["restarts"] == 1
@@ -174,7 +170,7 @@ async def test_real_unloadable_model_fails_the_request_fast_with_stderr(
     config = make_config(tmp_path, {"broken": {"path": str(corrupt)}})
     async with running_daemon(config, real_binary) as (url, _daemon), httpx.AsyncClient(timeout=60) as client:
         with trio.fail_after(30):
-            response = await client.post(f"{url}/v1/chat/completions", json={"model": "broken", **CHAT})
+            response = await chat(client, url, "broken")
         assert response.status_code == 502
         error = error_of(response)
         assert error["code"] == "sidecar_spawn_failed"
@@ -200,7 +196,7 @@ async def test_errors_have_the_openai_shape(
 ) -> None:
     config = fake_daemon_config(m={})
     async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient() as client:
-        unknown = await client.post(f"{url}/v1/chat/completions", json={"model": "nope", **CHAT})
+        unknown = await chat(client, url, "nope")
         assert unknown.status_code == 404 and "known models: m" in error_of(unknown)["message"]
         bad_json = await client.post(f"{url}/v1/chat/completions", content=b"{not json")
         assert bad_json.status_code == 400 and error_of(bad_json)["code"] == "invalid_json"
@@ -237,7 +233,7 @@ async def test_responses_pass_through_untouched_and_streams_unbuffered(
 ) -> None:
     config = fake_daemon_config(m={"tokens": 3, "token_delay_s": 0.3})
     async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient(timeout=30) as client:
-        plain = await client.post(f"{url}/v1/chat/completions", json={"model": "m", **CHAT})
+        plain = await chat(client, url, "m")
         assert plain.status_code == 200
         assert plain.json()["choices"][0]["message"]["content"] == "tok0 tok1 tok2 "
         assert "access-control-allow-origin" not in plain.headers  # the child's CORS header is not ours
@@ -268,7 +264,7 @@ async def test_child_dying_mid_stream_ends_the_stream_with_an_error_event_then_r
         assert len(events) == 3
         assert events[-1]["error"]["code"] == "sidecar_failed"
         await poll_until(partial(no_sidecars, client, url))
-        again = await client.post(f"{url}/v1/chat/completions", json={"model": "m", **CHAT})
+        again = await chat(client, url, "m")
         assert again.status_code == 200
         [respawned] = await sidecars(client, url)
         assert respawned["restarts"] == 1
@@ -280,7 +276,7 @@ async def test_client_leaving_mid_spawn_does_not_stop_the_spawn(
     config = fake_daemon_config(m={"load_s": 1.0})
     async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient() as client:
         with trio.move_on_after(0.3):
-            await client.post(f"{url}/v1/chat/completions", json={"model": "m", **CHAT})
+            await chat(client, url, "m")
             pytest.fail("the request should still be waiting for the spawn")
 
         async def one_ready() -> bool:
@@ -318,7 +314,7 @@ async def test_busy_child_is_not_killed_and_the_wait_for_room_ends_in_503(
         ) as r:
             lines = r.aiter_lines()
             await lines.__anext__()  # the busy child is serving now
-            refused = await client.post(f"{url}/v1/chat/completions", json={"model": "other", **CHAT})
+            refused = await chat(client, url, "other")
             assert refused.status_code == 503
             assert refused.headers["retry-after"].isdigit()
             assert error_of(refused)["code"] == "pool_busy"
@@ -347,7 +343,7 @@ async def test_waiting_request_gets_the_child_once_the_busy_one_is_idle(
             nursery.start_soon(stream_busy)
             assert daemon.pool is not None
             await wait_until(lambda: any(s.in_flight for s in daemon.pool.sidecars()))  # type: ignore[union-attr]
-            other = await client.post(f"{url}/v1/chat/completions", json={"model": "other", **CHAT})
+            other = await chat(client, url, "other")
             results["other"] = other.status_code
         assert results == {"busy_lines": 11, "other": 200}  # 10 tokens + [DONE], nothing cut
 
@@ -357,9 +353,7 @@ async def test_delete_stops_a_sidecar(
 ) -> None:
     config = fake_daemon_config(m={})
     async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient(timeout=30) as client:
-        assert (
-            await client.post(f"{url}/v1/chat/completions", json={"model": "m", **CHAT})
-        ).status_code == 200
+        assert (await chat(client, url, "m")).status_code == 200
         [child] = await sidecars(client, url)
         response = await client.delete(f"{url}/api/sidecars/{child['key']}")
         assert response.status_code == 200 and response.json() == {"stopped": child["key"]}
@@ -376,9 +370,7 @@ async def test_shutdown_stops_every_child(
         url = await nursery.start(daemon.run)
         async with httpx.AsyncClient(timeout=30) as client:
             for name in ("a", "b"):
-                assert (
-                    await client.post(f"{url}/v1/chat/completions", json={"model": name, **CHAT})
-                ).status_code == 200
+                assert (await chat(client, url, name)).status_code == 200
             pids = [s["pid"] for s in await sidecars(client, url)]
         daemon.request_shutdown()
     assert len(pids) == 2

@@ -14,7 +14,7 @@ import trio
 
 from orchestrator.bundled import LlamaServerBinary
 from orchestrator.runtime import bind_address
-from tests.conftest import pid_alive
+from tests.conftest import free_port, pid_alive
 
 
 def test_bind_address_brackets_ipv6() -> None:
@@ -22,10 +22,10 @@ def test_bind_address_brackets_ipv6() -> None:
     assert bind_address("::1", 80) == "[::1]:80"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def run_serve(config: Path) -> subprocess.CompletedProcess[str]:
+    """`orchestrator serve --config` expected to exit on its own (an error before serving)."""
+    command = [sys.executable, "-m", "orchestrator", "serve", "--config", str(config)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 
 async def test_serve_process_stops_gracefully_on_sigterm(
@@ -60,13 +60,7 @@ async def test_serve_process_stops_gracefully_on_sigterm(
 
 def test_serve_with_a_bad_config_exits_1_before_starting_anything(tmp_path: Path) -> None:
     (tmp_path / "c.toml").write_text('[models.m]\npath = "absent.gguf"\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "serve", "--config", str(tmp_path / "c.toml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_serve(tmp_path / "c.toml")
     assert result.returncode == 1
     assert "models.m.path: file not found" in result.stderr
 
@@ -79,13 +73,7 @@ def test_serve_on_a_taken_port_is_a_short_error(tmp_path: Path, fake_binary: Lla
         port = squatter.getsockname()[1]
         config = f'[server]\nport = {port}\n[llama_server]\nbin = "{fake_binary.path}"\n'
         (tmp_path / "c.toml").write_text(config + '[models.m]\npath = "m.gguf"\n')
-        result = subprocess.run(
-            [sys.executable, "-m", "orchestrator", "serve", "--config", str(tmp_path / "c.toml")],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_serve(tmp_path / "c.toml")
     assert result.returncode == 1
     assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
     assert "Traceback" not in result.stderr

@@ -18,13 +18,7 @@ from orchestrator.policy import State
 from orchestrator.routing import RouteTable
 from orchestrator.runtime import upstream_client
 from orchestrator.sidecar import Sidecar, child_environment
-from tests.conftest import make_config, pid_alive, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.conftest import free_port, make_config, pid_alive, wait_until
 
 
 def sidecar_for(
