@@ -312,8 +312,9 @@ class Sidecar:
         message = f"llama-server exited while loading ({procgroup.describe_exit(returncode)})"
         if procgroup.is_illegal_instruction(returncode):
             message += (
-                "; this llama-server build uses CPU instructions this machine lacks: "
-                "build one for this CPU (ops/build-llama-server.sh) and set llama_server.bin"
+                "; this llama-server build uses CPU instructions this machine lacks: build one "
+                "for this CPU with `bash ops/build-llama-server.sh` (found automatically) "
+                "or set llama_server.bin to one that runs here"
             )
         return SpawnError(message, self.stderr.tail(ERROR_TAIL_LINES))
 

@@ -179,6 +179,28 @@ async def test_real_unloadable_model_fails_the_request_fast_with_stderr(
         assert await sidecars(client, url) == []
 
 
+@pytest.mark.real
+async def test_real_client_disconnect_cancels_the_generation(
+    tmp_path: Path, real_binary: LlamaServerBinary, demo_model: Path
+) -> None:
+    config = make_config(tmp_path, {"smollm2": {"path": str(demo_model)}})
+    async with running_daemon(config, real_binary) as (url, daemon), httpx.AsyncClient(timeout=60) as client:
+        body = {"model": "smollm2", "stream": True, **CHAT, "max_tokens": 4000, "ignore_eos": True}
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    break  # one token in, leave: 4000 tokens would take the child half a minute
+        assert daemon.pool is not None
+        [child] = daemon.pool.sidecars()
+
+        async def child_idle() -> bool:
+            slots = (await client.get(f"http://127.0.0.1:{child.port}/slots")).json()
+            return not any(slot["is_processing"] for slot in slots)
+
+        await poll_until(child_idle, timeout_s=10)
+        assert child.in_flight == 0
+
+
 # -- the fake, for faults and the HTTP contract ---------------------------------------------
 
 
@@ -268,6 +290,18 @@ async def test_child_dying_mid_stream_ends_the_stream_with_an_error_event_then_r
         assert again.status_code == 200
         [respawned] = await sidecars(client, url)
         assert respawned["restarts"] == 1
+
+
+async def test_child_dying_before_it_answers_is_a_502(
+    fake_daemon_config: Callable[..., Any], fake_binary: LlamaServerBinary
+) -> None:
+    config = fake_daemon_config(m={"crash_on_request": True})
+    async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient(timeout=30) as client:
+        response = await chat(client, url, "m")
+        assert response.status_code == 502
+        error = error_of(response)
+        assert error["code"] == "sidecar_failed" and "did not answer" in error["message"]
+        await poll_until(partial(no_sidecars, client, url))  # reaped; the next request would respawn
 
 
 async def test_client_leaving_mid_spawn_does_not_stop_the_spawn(

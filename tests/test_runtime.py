@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from orchestrator.bundled import LlamaServerBinary
@@ -28,17 +29,12 @@ def run_serve(config: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 
-async def test_serve_process_stops_gracefully_on_sigterm(
-    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
-) -> None:
-    port = free_port()
-    config = f'[server]\nport = {port}\n[llama_server]\nbin = "{fake_binary.path}"\n'
-    (tmp_path / "c.toml").write_text(config + f'[models.m]\npath = "{fake_model()}"\n')
+async def serve_chat_then_sigterm(arguments: list[str], port: int, model: str) -> tuple[trio.Process, int]:
+    """Run `orchestrator serve ARGUMENTS`, chat once, SIGTERM it; the process and the child's pid."""
     url = f"http://127.0.0.1:{port}"
     async with trio.open_nursery() as nursery:
         process: trio.Process = await nursery.start(
-            trio.run_process,
-            [sys.executable, "-m", "orchestrator", "serve", "--config", str(tmp_path / "c.toml")],
+            trio.run_process, [sys.executable, "-m", "orchestrator", "serve", *arguments]
         )
         async with httpx.AsyncClient(timeout=10) as client:
             with trio.fail_after(20):
@@ -48,14 +44,34 @@ async def test_serve_process_stops_gracefully_on_sigterm(
                             break
                     except httpx.ConnectError:
                         await trio.sleep(0.05)  # not listening yet
-            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-            assert (await client.post(f"{url}/v1/chat/completions", json=body)).status_code == 200
+            body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+            answer = await client.post(f"{url}/v1/chat/completions", json=body)
+            assert answer.status_code == 200, answer.text
             [child] = (await client.get(f"{url}/api/sidecars")).json()["sidecars"]
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
             await process.wait()
+    return process, int(child["pid"])
+
+
+async def test_serve_process_stops_gracefully_on_sigterm(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    port = free_port()
+    config = f'[server]\nport = {port}\n[llama_server]\nbin = "{fake_binary.path}"\n'
+    (tmp_path / "c.toml").write_text(config + f'[models.m]\npath = "{fake_model()}"\n')
+    process, child_pid = await serve_chat_then_sigterm(["--config", str(tmp_path / "c.toml")], port, "m")
     assert process.returncode == 0
-    assert not pid_alive(child["pid"])
+    assert not pid_alive(child_pid)
+
+
+@pytest.mark.real
+async def test_real_demo_without_a_config(real_binary: LlamaServerBinary, demo_model: Path) -> None:
+    """README command one: `orchestrator serve` with no config serves SmolLM2 as smollm2."""
+    port = free_port()
+    process, child_pid = await serve_chat_then_sigterm(["--port", str(port)], port, "smollm2")
+    assert process.returncode == 0
+    assert not pid_alive(child_pid)
 
 
 def test_serve_with_a_bad_config_exits_1_before_starting_anything(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ JSON object:
     load_s              seconds of "loading" (/health answers 503) before ready
     exit_during_load    exit with this code after load_s instead of becoming ready
     crash_after_chunks  in a streaming reply, die abruptly after this many chunks
+    crash_on_request    die abruptly on the first completion request, before answering
     ignore_sigterm      keep running on SIGTERM
     grandchild          start a grandchild that ignores SIGTERM and holds stderr open
     stderr_flood_lines  print this many stderr lines once ready
@@ -87,6 +88,9 @@ class Handler(BaseHTTPRequestHandler):
             )
             return
         State.requests += 1
+        if State.behaviour.get("crash_on_request"):
+            log("fake: crashing mid-request")
+            os._exit(4)
         tokens = [f"tok{i} " for i in range(int(State.behaviour.get("tokens", 4)))]
         if self.path == "/v1/embeddings":
             self.send_json(
