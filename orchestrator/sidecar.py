@@ -149,6 +149,12 @@ class Sidecar:
                     break
                 if not await self._run_child(port, task_status):
                     break
+            else:
+                self.failure = SpawnError(
+                    f"llama-server could not bind a port {PORT_ATTEMPTS} times in a row "
+                    f"(last {self.port}); is something else using llama_server.port_range?",
+                    self.stderr.tail(ERROR_TAIL_LINES),
+                )
         finally:
             self.state = State.EXITED
             self._settled.set()

@@ -175,6 +175,20 @@ async def test_taken_port_is_retried_on_another(
             await sidecar.stop("test", drain_timeout_s=0)
 
 
+async def test_every_port_taken_is_a_spawn_error_not_a_retry_loop(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model()}})
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        async with upstream_client() as http:
+            sidecar = sidecar_for(config, fake_binary, http, [taken] * 3)
+            with pytest.raises(SpawnError, match="could not bind a port 3 times in a row"):
+                await sidecar.run()
+
+
 async def test_missing_binary_is_a_spawn_error(tmp_path: Path, fake_model: Callable[..., str]) -> None:
     config = make_config(tmp_path, {"m": {"path": fake_model()}})
     async with upstream_client() as http:
