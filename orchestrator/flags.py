@@ -1,222 +1,246 @@
-"""The llama-server flag model: parse, canonicalise, merge layers, render, hash.
+"""The llama-server flag model: learn it from --help, parse, validate, canonicalise, hash.
 
-Pure logic. A flag list given by a user (in base_args, a model, an agent) is
-parsed into ``Flag`` values against a ``FlagTable``; canonical form means long
-names instead of aliases, ``--k=v`` split, legacy spellings mapped, last value
+Pure logic. A ``FlagTable`` is what one llama-server binary declares: every
+spelling of every flag, whether it takes a value, the allowed values where
+the help lists them, and which flags were removed (with their replacement).
+``parse`` turns user tokens into canonical ``Flag`` values or raises FlagError
+listing every problem; canonical means long names instead of aliases, ``--k=v``
+split, legacy values mapped (bare ``-fa`` -> ``--flash-attn on``), last value
 wins for single-valued flags and a stable order, so equivalent spellings give
-the same sidecar key. Flags the supervisor owns are refused.
+the same sidecar key. Flags the supervisor owns are always refused.
 """
 
 from __future__ import annotations
 
+import difflib
 import enum
+import functools
 import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 
 from orchestrator.errors import FlagError
 
+MAX_TOKENS = 256
+MAX_TOTAL_BYTES = 32 * 1024
+
 
 class Arity(enum.Enum):
-    """How many values a flag takes."""
+    """How a flag takes its value."""
 
-    NONE = "none"
-    VALUE = "value"
-    OPTIONAL = "optional"  # consumes the next token only when it is one of ``choices``
+    NONE = "none"  # a switch
+    VALUE = "value"  # one value (or ``nargs`` values) must follow
+    OPTIONAL = "optional"  # takes the next token only when it is one of ``choices``
 
 
 @dataclass(frozen=True)
 class FlagSpec:
     """What llama-server declares about one flag."""
 
-    name: str
+    name: str  # the canonical spelling
     aliases: tuple[str, ...] = ()
-    arity: Arity = Arity.VALUE
-    choices: tuple[str, ...] = ()
-    repeatable: bool = False
-    bare_value: str | None = None  # the value an OPTIONAL flag means when given bare
-    value_aliases: tuple[tuple[str, str], ...] = ()  # legacy value -> canonical value
+    arity: Arity = Arity.NONE
+    placeholder: str = ""  # as printed in --help, e.g. "N", "FNAME", "[on|off|auto]"
+    nargs: int = 1
+    choices: tuple[str, ...] = ()  # allowed values, when the help lists them
+    list_choices: bool = False  # the value is a comma-separated list of choices
+    int_range: tuple[int, int] | None = None  # from placeholders like <0...100>
+    removed: str | None = None  # the help's note for a flag llama.cpp removed
+
+    @property
+    def spellings(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+    @property
+    def takes_path(self) -> bool:
+        """Whether the value names a file or directory on the daemon's machine."""
+        return bool(re.search(r"FNAME|FILE|PATH|DIR\b", self.placeholder))
 
 
 @dataclass(frozen=True, order=True)
 class Flag:
-    """One canonical flag with its value (None for switches)."""
+    """One canonical flag with its values (none for a switch)."""
 
     name: str
-    value: str | None = None
+    values: tuple[str, ...] = ()
 
-
-_ON_OFF_AUTO = ("on", "off", "auto")
-
-# The flags the supervisor decides; a user may never set them. Aliases resolve
-# through the table below first, so only canonical names are listed.
-OWNED_FLAGS = frozenset(
-    {
-        "--host", "--port", "--model", "--model-url", "--docker-repo", "--hf-repo",
-        "--hf-file", "--hf-token", "--hf-repo-draft", "--hf-repo-v", "--hf-file-v",
-        "--alias", "--api-key", "--api-key-file", "--ssl-key-file", "--ssl-cert-file",
-        "--path", "--api-prefix", "--reuse-port", "--log-file", "--log-disable", "--help",
-        "--usage", "--version", "--list-devices", "--cache-list", "--completion-bash",
-    }
-)  # fmt: skip
-OWNED_PREFIXES = ("--models-", "--ssl-", "--api-key", "--hf-", "--no-models-")
-
-BUILTIN_SPECS: tuple[FlagSpec, ...] = (
-    # supervisor-owned (listed so their short aliases resolve and are refused)
-    FlagSpec("--model", ("-m",)),
-    FlagSpec("--alias", ("-a",)),
-    FlagSpec("--hf-repo", ("-hf", "-hfr")),
-    FlagSpec("--hf-file", ("-hff",)),
-    FlagSpec("--hf-token", ("-hft",)),
-    FlagSpec("--hf-repo-draft", ("-hfd", "-hfrd")),
-    FlagSpec("--hf-repo-v", ("-hfv", "-hfrv")),
-    FlagSpec("--hf-file-v", ("-hffv",)),
-    FlagSpec("--model-url", ("-mu",)),
-    FlagSpec("--docker-repo", ("-dr",)),
-    FlagSpec("--help", ("-h", "--usage"), Arity.NONE),
-    FlagSpec("--log-disable", (), Arity.NONE),
-    FlagSpec("--reuse-port", (), Arity.NONE),
-    FlagSpec("--version", (), Arity.NONE),
-    FlagSpec("--list-devices", (), Arity.NONE),
-    FlagSpec("--cache-list", (), Arity.NONE),
-    FlagSpec("--completion-bash", (), Arity.NONE),
-    # context, batching, threads
-    FlagSpec("--ctx-size", ("-c",)),
-    FlagSpec("--n-predict", ("-n", "--predict")),
-    FlagSpec("--batch-size", ("-b",)),
-    FlagSpec("--ubatch-size", ("-ub",)),
-    FlagSpec("--threads", ("-t",)),
-    FlagSpec("--threads-batch", ("-tb",)),
-    FlagSpec(
-        "--threads-http",
-    ),
-    FlagSpec("--parallel", ("-np",)),
-    FlagSpec(
-        "--keep",
-    ),
-    FlagSpec("--cont-batching", ("-cb",), Arity.NONE),
-    FlagSpec("--no-cont-batching", ("-nocb",), Arity.NONE),
-    FlagSpec(
-        "--cache-reuse",
-    ),
-    FlagSpec("--timeout", ("-to",)),
-    # memory and devices
-    FlagSpec("--n-gpu-layers", ("-ngl", "--gpu-layers")),
-    FlagSpec("--split-mode", ("-sm",)),
-    FlagSpec("--tensor-split", ("-ts",)),
-    FlagSpec("--main-gpu", ("-mg",)),
-    FlagSpec("--device", ("-dev",)),
-    FlagSpec("--cpu-moe", ("-cmoe",), Arity.NONE),
-    FlagSpec("--n-cpu-moe", ("-ncmoe",)),
-    FlagSpec("--override-tensor", ("-ot",), repeatable=True),
-    FlagSpec("--mlock", (), Arity.NONE),
-    FlagSpec("--no-mmap", (), Arity.NONE),
-    FlagSpec("--no-repack", ("-nr",), Arity.NONE),
-    FlagSpec("--cache-type-k", ("-ctk",)),
-    FlagSpec("--cache-type-v", ("-ctv",)),
-    FlagSpec(
-        "--flash-attn",
-        ("-fa",),
-        Arity.OPTIONAL,
-        choices=(*_ON_OFF_AUTO, "1", "0", "-1"),
-        bare_value="on",
-        value_aliases=(("1", "on"), ("0", "off"), ("-1", "auto")),
-    ),
-    # model behaviour
-    FlagSpec(
-        "--chat-template",
-    ),
-    FlagSpec(
-        "--chat-template-file",
-    ),
-    FlagSpec("--jinja", (), Arity.NONE),
-    FlagSpec("--no-jinja", (), Arity.NONE),
-    FlagSpec(
-        "--reasoning-format",
-    ),
-    FlagSpec(
-        "--reasoning-budget",
-    ),
-    FlagSpec("--embeddings", ("--embedding", "--emb"), Arity.NONE),
-    FlagSpec("--reranking", ("--rerank",), Arity.NONE),
-    FlagSpec(
-        "--pooling",
-    ),
-    FlagSpec("--lora", (), repeatable=True),
-    FlagSpec("--control-vector", (), repeatable=True),
-    FlagSpec("--override-kv", (), repeatable=True),
-    FlagSpec(
-        "--rope-scaling",
-    ),
-    FlagSpec(
-        "--rope-freq-base",
-    ),
-    FlagSpec(
-        "--rope-freq-scale",
-    ),
-    # sampling defaults
-    FlagSpec(
-        "--temp",
-    ),
-    FlagSpec(
-        "--top-k",
-    ),
-    FlagSpec(
-        "--top-p",
-    ),
-    FlagSpec(
-        "--min-p",
-    ),
-    FlagSpec("--seed", ("-s",)),
-    # speculative decoding
-    FlagSpec(
-        "--spec-type",
-    ),
-    FlagSpec(
-        "--spec-draft-n-max",
-    ),
-    FlagSpec("--spec-draft-model", ("-md",)),
-    # server behaviour
-    FlagSpec("--metrics", (), Arity.NONE),
-    FlagSpec("--slots", (), Arity.NONE),
-    FlagSpec("--no-slots", (), Arity.NONE),
-    FlagSpec("--no-webui", (), Arity.NONE),
-    FlagSpec(
-        "--slot-save-path",
-    ),
-    FlagSpec("--verbose", ("-v",), Arity.NONE),
-    FlagSpec("--log-verbosity", ("-lv",)),
-    FlagSpec("--log-timestamps", (), Arity.NONE),
-    FlagSpec("--log-prefix", (), Arity.NONE),
-    FlagSpec(
-        "--log-colors",
-    ),
-)
-
-_NUMBER = re.compile(r"^-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+    @classmethod
+    def of(cls, name: str, *values: str) -> Flag:
+        return cls(name, values)
 
 
 class FlagTable:
-    """Every known spelling of every flag, resolved to its spec."""
+    """Every known spelling of every flag of one llama-server binary.
 
-    def __init__(self, specs: Iterable[FlagSpec]) -> None:
-        self._by_spelling: dict[str, FlagSpec] = {}
-        for spec in specs:
-            for spelling in (spec.name, *spec.aliases):
-                self._by_spelling[spelling] = spec
+    ``authoritative`` tables were read from the binary itself: an unknown flag
+    is then an error. The built-in fallback may be older or newer than the
+    binary, so with it unknown flags pass through (and are reported as notes).
+    """
+
+    def __init__(self, specs: Iterable[FlagSpec], *, authoritative: bool, source: str) -> None:
+        self.specs = tuple(specs)
+        self.authoritative = authoritative
+        self.source = source
+        self._by_spelling = {spelling: spec for spec in self.specs for spelling in spec.spellings}
 
     def lookup(self, spelling: str) -> FlagSpec | None:
         return self._by_spelling.get(spelling)
 
+    def suggest(self, spelling: str) -> str | None:
+        current = [s for s in self._by_spelling if not self._by_spelling[s].removed]
+        matches = difflib.get_close_matches(spelling, current, n=1, cutoff=0.6)
+        return matches[0] if matches else None
 
-BUILTIN_TABLE = FlagTable(BUILTIN_SPECS)
+
+# -- reading --help ------------------------------------------------------------------
+
+_SPELLING = r"-{1,2}[A-Za-z0-9][\w.-]*"
+_ENTRY = re.compile(rf"^((?:{_SPELLING},\s*)*{_SPELLING})(?: (\S.*?))?(?:\s{{2,}}(.*))?$")
+_ALLOWED_VALUES = re.compile(r"allowed values: ([\w.-]+(?:, [\w.-]+)+)")
+# Flags whose repeats accumulate instead of replacing each other (the help does not say).
+_REPEATABLE = frozenset(
+    {"--lora", "--lora-scaled", "--control-vector", "--control-vector-scaled", "--override-kv",
+     "--override-tensor", "--spec-draft-override-tensor", "--logit-bias", "--api-key"}
+)  # fmt: skip
+
+
+def parse_help(text: str) -> tuple[FlagSpec, ...]:
+    """The flags a llama-server ``--help`` declares."""
+    entries: list[tuple[list[str], str, list[str]]] = []
+    for line in text.splitlines():
+        if line.startswith("-") and not line.startswith("-----"):
+            match = _ENTRY.match(line.rstrip())
+            if match:
+                spellings = [s.strip() for s in match.group(1).split(",")]
+                entries.append((spellings, match.group(2) or "", [match.group(3) or ""]))
+        elif line.startswith(" ") and entries:
+            entries[-1][2].append(line.strip())
+    return tuple(
+        _spec(spellings, placeholder, " ".join(description).strip())
+        for spellings, placeholder, description in entries
+    )
+
+
+def _spec(spellings: list[str], placeholder: str, description: str) -> FlagSpec:
+    longs = [s for s in spellings if s.startswith("--")]
+    name = longs[0] if longs else spellings[0]
+    aliases = tuple(s for s in spellings if s != name)
+    removed = description if "has been removed" in description else None
+    arity, nargs, list_choices = Arity.NONE, 1, False
+    choices: tuple[str, ...] = ()
+    int_range: tuple[int, int] | None = None
+    if placeholder:
+        arity = Arity.VALUE
+        if bracketed := re.fullmatch(r"\[([\w-]+(?:\|[\w-]+)+)\]", placeholder):
+            arity, choices = Arity.OPTIONAL, tuple(bracketed.group(1).split("|"))
+        elif braced := re.fullmatch(r"\{([\w-]+(?:,[\w-]+)+)\}", placeholder):
+            choices = tuple(braced.group(1).split(","))
+        elif piped := re.fullmatch(r"<([\w-]+(?:\|[\w-]+)+)>", placeholder):
+            choices = tuple(piped.group(1).split("|"))
+        elif ranged := re.fullmatch(r"<(-?\d+)\.\.\.(-?\d+)>", placeholder):
+            int_range = (int(ranged.group(1)), int(ranged.group(2)))
+        elif re.fullmatch(r"[a-z][\w-]*(?:,[a-z][\w-]*)+", placeholder):
+            choices, list_choices = tuple(placeholder.split(",")), True
+        elif re.fullmatch(r"[A-Z_]+(?: [A-Z_]+)+", placeholder):
+            nargs = len(placeholder.split())
+        if not choices and (allowed := _ALLOWED_VALUES.search(description)):
+            choices = tuple(allowed.group(1).split(", "))
+    return FlagSpec(name, aliases, arity, placeholder, nargs, choices, list_choices, int_range, removed)
+
+
+@functools.cache
+def builtin_table() -> FlagTable:
+    """The table of a recent llama-server, shipped with us: the fallback when --help cannot be read."""
+    text = resources.files("orchestrator").joinpath("data/llama-server-help.txt").read_text("utf-8")
+    return FlagTable(parse_help(text), authoritative=False, source="built-in table (llama.cpp 2026-11)")
+
+
+# -- ownership and typed checks ---------------------------------------------------------
+
+# The flags the supervisor decides; a user may never set them (by any spelling).
+OWNED_FLAGS = frozenset(
+    {
+        "--host", "--port", "--model", "--model-url", "--docker-repo", "--hf-repo", "--hf-file",
+        "--hf-token", "--hf-repo-draft", "--spec-draft-hf", "--hf-repo-v", "--hf-file-v", "--alias",
+        "--api-key", "--api-key-file", "--ssl-key-file", "--ssl-cert-file", "--path", "--api-prefix",
+        "--reuse-port", "--log-file", "--log-disable", "--help", "--usage", "--version",
+        "--list-devices", "--cache-list", "--completion-bash",
+    }
+)  # fmt: skip
+OWNED_PREFIXES = ("--models-", "--no-models-", "--ssl-", "--api-key", "--hf-")
+# Besides file paths, what a request may not switch on for itself: network peers,
+# server-side tools, and endpoints that change the child's global state.
+REQUEST_FORBIDDEN = frozenset(
+    {"--rpc", "--tools", "--tools-runtime", "--mcp-servers-config", "--mcp-servers-json", "--props"}
+)
+
+
+@dataclass(frozen=True)
+class NumberRule:
+    integer: bool
+    minimum: float | None = None
+    maximum: float | None = None
+    words: tuple[str, ...] = ()  # non-numeric values the flag also accepts
+
+    def problem(self, value: str) -> str | None:
+        if value in self.words:
+            return None
+        try:
+            number = int(value) if self.integer else float(value)
+        except ValueError:
+            kind = "an integer" if self.integer else "a number"
+            extra = f" or one of {', '.join(self.words)}" if self.words else ""
+            return f"expected {kind}{extra}, got {value!r}"
+        if self.minimum is not None and number < self.minimum:
+            return f"expected a value >= {self.minimum:g}, got {value}"
+        if self.maximum is not None and number > self.maximum:
+            return f"expected a value <= {self.maximum:g}, got {value}"
+        return None
+
+
+# Keyed by any spelling; resolved through the table to the binary's canonical name.
+NUMBER_RULES: dict[str, NumberRule] = {
+    "--ctx-size": NumberRule(True, 0),
+    "--n-gpu-layers": NumberRule(True, -1, words=("auto", "all")),
+    "--parallel": NumberRule(True, 1),
+    "--threads": NumberRule(True, -1),
+    "--threads-batch": NumberRule(True, -1),
+    "--threads-http": NumberRule(True, -1),
+    "--batch-size": NumberRule(True, 1),
+    "--ubatch-size": NumberRule(True, 1),
+    "--n-predict": NumberRule(True, -1),
+    "--keep": NumberRule(True, -1),
+    "--seed": NumberRule(True),
+    "--top-k": NumberRule(True, 0),
+    "--temp": NumberRule(False, 0),
+    "--top-p": NumberRule(False, 0, 1),
+    "--min-p": NumberRule(False, 0, 1),
+    "--spec-draft-n-max": NumberRule(True, 0),
+    "--spec-draft-n-min": NumberRule(True, 0),
+    "--n-cpu-moe": NumberRule(True, 0),
+    "--main-gpu": NumberRule(True, 0),
+    "--cache-reuse": NumberRule(True, 0),
+    "--timeout": NumberRule(True, 0),
+    "--reasoning-budget": NumberRule(True, -1),
+    "--rope-freq-base": NumberRule(False, 0),
+    "--rope-freq-scale": NumberRule(False, 0),
+}
+# Legacy spellings of on/off values (llama.cpp's flash-attn took 1/0/-1).
+_VALUE_ALIASES = {"1": "on", "0": "off", "-1": "auto", "true": "on", "false": "off"}
 
 
 def is_owned(name: str) -> bool:
     """Whether a canonical flag name belongs to the supervisor."""
     return name in OWNED_FLAGS or name.startswith(OWNED_PREFIXES)
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"^-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _looks_like_flag(token: str) -> bool:
@@ -228,75 +252,191 @@ def _spelling(token: str) -> str:
     return token.replace("_", "-") if token.startswith("--") else token
 
 
-def parse(tokens: Sequence[str], table: FlagTable = BUILTIN_TABLE) -> tuple[Flag, ...]:
-    """Parse an argv fragment into flags, in the order given.
+class _Parser:
+    """One pass over the tokens, collecting every problem."""
 
-    Raises FlagError naming the token for a bare value, a missing value, a
-    value given to a switch, or a supervisor-owned flag.
-    """
-    flags: list[Flag] = []
-    index = 0
-    while index < len(tokens):
-        token = tokens[index]
-        index += 1
+    def __init__(self, tokens: Sequence[str], table: FlagTable, per_request: bool) -> None:
+        self.tokens = tokens
+        self.table = table
+        self.per_request = per_request
+        self.index = 0
+        self.flags: list[Flag] = []
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+        self.rules = {
+            spec.name: rule
+            for spelling, rule in NUMBER_RULES.items()
+            if (spec := table.lookup(spelling)) is not None
+        }
+
+    def run(self) -> None:
+        total = sum(len(token.encode()) for token in self.tokens)
+        if len(self.tokens) > MAX_TOKENS or total > MAX_TOTAL_BYTES:
+            self.problems.append(
+                f"too many flags: {len(self.tokens)} tokens, {total} bytes "
+                f"(at most {MAX_TOKENS} tokens and {MAX_TOTAL_BYTES // 1024} KiB)"
+            )
+            return
+        for token in self.tokens:
+            if _CONTROL.search(token):
+                self.problems.append(f"{token!r} contains a control character")
+        if self.problems:
+            return
+        while self.index < len(self.tokens):
+            self.flag(self.tokens[self.index])
+
+    def take(self) -> str | None:
+        if self.index < len(self.tokens):
+            self.index += 1
+            return self.tokens[self.index - 1]
+        return None
+
+    def peek(self) -> str | None:
+        return self.tokens[self.index] if self.index < len(self.tokens) else None
+
+    def flag(self, token: str) -> None:
+        self.index += 1
         if not _looks_like_flag(token):
-            raise FlagError(
+            self.problems.append(
                 f"{token!r} is a value with no flag before it; expected flags such as '--ctx-size 4096'"
             )
+            return
         spelling, has_inline, inline = token.partition("=")
-        spec = table.lookup(_spelling(spelling))
+        spec = self.table.lookup(_spelling(spelling))
         name = spec.name if spec else _spelling(spelling)
         if is_owned(name):
-            raise FlagError(
-                f"{spelling} is set by the supervisor (host, port, model, aliases, keys, "
-                f"logging are owned); remove it"
+            self.problems.append(
+                f"{spelling} is set by the supervisor (host, port, model, aliases, API keys, TLS, logging "
+                "and print-and-exit flags are owned); remove it"
             )
-        value: str | None
-        following = tokens[index] if index < len(tokens) else None
+            self.skip_values(spec)
+            return
+        if spec is None:
+            self.unknown(spelling, has_inline=bool(has_inline), inline=inline)
+            return
+        if spec.removed:
+            self.problems.append(f"{spelling} was removed from llama.cpp: {spec.removed}")
+            self.skip_values(spec)
+            return
+        if self.per_request and (spec.takes_path or spec.name in REQUEST_FORBIDDEN):
+            why = "names a file on the server" if spec.takes_path else "is not allowed per request"
+            self.problems.append(f"{spelling} {why}; set it in the configuration instead")
+            self.skip_values(spec)
+            return
+        values = self.values(spec, spelling, inline if has_inline else None)
+        if values is not None:
+            self.flags.append(Flag(spec.name, values))
+
+    def skip_values(self, spec: FlagSpec | None) -> None:
+        if spec is not None and spec.arity is Arity.VALUE:
+            for _ in range(spec.nargs):
+                if (following := self.peek()) is not None and not _looks_like_flag(following):
+                    self.index += 1
+
+    def unknown(self, spelling: str, *, has_inline: bool, inline: str) -> None:
+        if self.table.authoritative:
+            suggestion = self.table.suggest(_spelling(spelling))
+            hint = f"; did you mean {suggestion}?" if suggestion else ""
+            self.problems.append(f"{spelling} is not a flag of this llama-server{hint}")
+            return
+        self.notes.append(f"{spelling} is not in the {self.table.source}; passed through unchecked")
+        following = self.peek()
         if has_inline:
-            if spec is not None and spec.arity is Arity.NONE:
-                raise FlagError(f"{spelling} is a switch and takes no value, got {inline!r}")
-            value = inline
-        elif spec is not None and spec.arity is Arity.NONE:
-            value = None
-        elif spec is not None and spec.arity is Arity.OPTIONAL:
-            if following is not None and following in spec.choices:
-                value = following
-                index += 1
-            else:
-                value = spec.bare_value
+            self.flags.append(Flag(_spelling(spelling), (inline,)))
         elif following is not None and not _looks_like_flag(following):
-            value = following
-            index += 1
-        elif spec is not None:
-            raise FlagError(f"{spelling} expects a value")
+            self.index += 1
+            self.flags.append(Flag(_spelling(spelling), (following,)))
         else:
-            value = None  # an unknown switch: passed through as given
-        if spec is not None and value is not None:
-            value = dict(spec.value_aliases).get(value, value)
-        flags.append(Flag(name, value))
-    return tuple(flags)
+            self.flags.append(Flag(_spelling(spelling)))
+
+    def values(self, spec: FlagSpec, spelling: str, inline: str | None) -> tuple[str, ...] | None:
+        if spec.arity is Arity.NONE:
+            if inline is not None:
+                self.problems.append(f"{spelling} is a switch and takes no value, got {inline!r}")
+                return None
+            return ()
+        if spec.arity is Arity.OPTIONAL:
+            candidate = inline if inline is not None else self.peek()
+            if candidate is None or (inline is None and _looks_like_flag(candidate)):
+                return (spec.choices[0],)  # given bare: the first choice (for [on|off|auto]: on)
+            if inline is None:
+                self.index += 1
+            value = _VALUE_ALIASES.get(candidate, candidate)
+            if value not in spec.choices:
+                self.problems.append(f"{spelling}: {candidate!r} is not one of {', '.join(spec.choices)}")
+                return None
+            return (value,)
+        values: list[str] = [] if inline is None else [inline]
+        while len(values) < spec.nargs:
+            following = self.peek()
+            if following is None or _looks_like_flag(following):
+                expected = f"{spec.nargs} values" if spec.nargs > 1 else "a value"
+                self.problems.append(f"{spelling} expects {expected} ({spec.placeholder})")
+                return None
+            values.append(following)
+            self.index += 1
+        for value in values:
+            if problem := self.value_problem(spec, value):
+                self.problems.append(f"{spelling}: {problem}")
+                return None
+        return tuple(values)
+
+    def value_problem(self, spec: FlagSpec, value: str) -> str | None:
+        if spec.choices:
+            items = value.split(",") if spec.list_choices else [value]
+            bad = [item for item in items if item not in spec.choices]
+            if bad:
+                return f"{', '.join(map(repr, bad))} is not one of {', '.join(spec.choices)}"
+        if spec.int_range is not None:
+            return NumberRule(True, *spec.int_range).problem(value)
+        rule = self.rules.get(spec.name)
+        return rule.problem(value) if rule else None
 
 
-def canonicalise(flags: Iterable[Flag], table: FlagTable = BUILTIN_TABLE) -> tuple[Flag, ...]:
+@dataclass(frozen=True)
+class ParsedFlags:
+    flags: tuple[Flag, ...]
+    notes: tuple[str, ...]  # things worth a log line that are not errors
+
+
+def parse_with_notes(tokens: Sequence[str], table: FlagTable, *, per_request: bool = False) -> ParsedFlags:
+    """Parse user tokens into flags; FlagError lists every problem.
+
+    ``per_request`` adds the rules for flags that arrive with a request: no
+    flag that names a file on the server, and none of REQUEST_FORBIDDEN.
+    """
+    parser = _Parser(tokens, table, per_request)
+    parser.run()
+    if parser.problems:
+        raise FlagError(parser.problems)
+    return ParsedFlags(tuple(parser.flags), tuple(parser.notes))
+
+
+def parse(
+    tokens: Sequence[str], table: FlagTable | None = None, *, per_request: bool = False
+) -> tuple[Flag, ...]:
+    return parse_with_notes(tokens, table or builtin_table(), per_request=per_request).flags
+
+
+# -- canonical form, layers, argv, key --------------------------------------------------------
+
+
+def canonicalise(flags: Iterable[Flag]) -> tuple[Flag, ...]:
     """Last value wins for single-valued flags; repeatable ones keep their order.
 
-    The result is sorted by name (a stable sort, so repeated flags stay in the
-    order given): the order of distinct flags means nothing to llama-server.
+    Sorted by name (a stable sort, so repeated flags stay in the order given):
+    the order of distinct flags means nothing to llama-server.
     """
     kept: dict[str, list[Flag]] = {}
     for flag in flags:
-        spec = table.lookup(flag.name)
-        if spec is not None and spec.repeatable:
+        if flag.name in _REPEATABLE:
             kept.setdefault(flag.name, []).append(flag)
         else:
             kept[flag.name] = [flag]
     return tuple(flag for name in sorted(kept) for flag in kept[name])
 
 
-def merge_layers(
-    layers: Sequence[Sequence[Flag]], table: FlagTable = BUILTIN_TABLE
-) -> tuple[tuple[Flag, ...], ...]:
+def merge_layers(layers: Sequence[Sequence[Flag]]) -> tuple[tuple[Flag, ...], ...]:
     """Canonicalise each layer and drop from it every flag a later layer sets.
 
     Layers go from inherited (base_args, a model's defaults) to explicit (an
@@ -306,35 +446,29 @@ def merge_layers(
     merged: list[tuple[Flag, ...]] = []
     overridden: set[str] = set()
     for layer in reversed(layers):
-        canonical = canonicalise(layer, table)
+        canonical = canonicalise(layer)
         merged.append(tuple(flag for flag in canonical if flag.name not in overridden))
         overridden.update(flag.name for flag in canonical)
     return tuple(reversed(merged))
 
 
+def effective(layers: Sequence[Sequence[Flag]]) -> tuple[Flag, ...]:
+    """The one canonical flag set that merged layers amount to."""
+    return canonicalise(flag for layer in merge_layers(layers) for flag in layer)
+
+
 def render(flags: Iterable[Flag]) -> list[str]:
     """Flags back to argv tokens."""
-    argv: list[str] = []
-    for flag in flags:
-        argv.append(flag.name)
-        if flag.value is not None:
-            argv.append(flag.value)
-    return argv
+    return [token for flag in flags for token in (flag.name, *flag.values)]
 
 
-def effective(layers: Sequence[Sequence[Flag]], table: FlagTable = BUILTIN_TABLE) -> tuple[Flag, ...]:
-    """The one canonical flag set that merged layers amount to."""
-    return canonicalise((flag for layer in merge_layers(layers, table) for flag in layer), table)
-
-
-def sidecar_key(model_identity: str, canonical_flags: Iterable[Flag]) -> str:
-    """A stable hash of (model file identity, canonical flags): equal inputs share a child.
+def sidecar_key(identity: str, canonical_flags: Iterable[Flag]) -> str:
+    """A stable hash of (model and binary identity, canonical flags): equal inputs share a child.
 
     ``canonical_flags`` must already be canonical (see ``effective``): the order
     of repeated flags is meaningful and kept.
     """
     payload = json.dumps(
-        [model_identity, [[flag.name, flag.value] for flag in canonical_flags]],
-        separators=(",", ":"),
+        [identity, [[flag.name, *flag.values] for flag in canonical_flags]], separators=(",", ":")
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -30,6 +30,7 @@ class Occupant:
     in_flight: int
     last_used: float  # trio clock
     waiting: int = 0  # requests queued for it to become ready
+    idle_ttl_s: float = 0.0  # stop it after this long idle; 0 = never
 
 
 def evictable(occupant: Occupant) -> bool:
@@ -49,19 +50,18 @@ def choose_victim(occupants: Iterable[Occupant]) -> str | None:
     return min(candidates, key=lambda o: (o.last_used, o.key)).key
 
 
-def expired(occupants: Iterable[Occupant], now: float, idle_ttl_s: float) -> list[str]:
-    """Children idle for at least ``idle_ttl_s`` (never, when the TTL is 0)."""
-    if idle_ttl_s <= 0:
-        return []
-    return [o.key for o in occupants if evictable(o) and now - o.last_used >= idle_ttl_s]
+def _expires(occupant: Occupant) -> bool:
+    return occupant.idle_ttl_s > 0 and evictable(occupant)
 
 
-def next_expiry(occupants: Iterable[Occupant], idle_ttl_s: float) -> float | None:
+def expired(occupants: Iterable[Occupant], now: float) -> list[str]:
+    """Children idle for at least their TTL (a TTL of 0 means never)."""
+    return [o.key for o in occupants if _expires(o) and now - o.last_used >= o.idle_ttl_s]
+
+
+def next_expiry(occupants: Iterable[Occupant]) -> float | None:
     """When the next idle child will reach its TTL, if any."""
-    if idle_ttl_s <= 0:
-        return None
-    deadlines = [o.last_used + idle_ttl_s for o in occupants if evictable(o)]
-    return min(deadlines, default=None)
+    return min((o.last_used + o.idle_ttl_s for o in occupants if _expires(o)), default=None)
 
 
 HEALTH_FAILURE_LIMIT = 3

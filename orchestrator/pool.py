@@ -21,12 +21,12 @@ import httpx
 import trio
 
 from orchestrator import policy
-from orchestrator.bundled import LlamaServerBinary
 from orchestrator.config import LlamaServerSettings, PoolSettings
 from orchestrator.errors import CapacityError, SpawnError
 from orchestrator.policy import Occupant, State
+from orchestrator.procgroup import child_environment
 from orchestrator.routing import CHILD_HOST, RouteTable, SidecarSpec
-from orchestrator.sidecar import Sidecar, child_environment
+from orchestrator.sidecar import Sidecar
 
 log = logging.getLogger("orchestrator.pool")
 
@@ -44,12 +44,10 @@ def port_is_free(port: int) -> bool:
 class Pool:
     """Owns every sidecar; hands out leases on ready ones."""
 
-    def __init__(self, routes: RouteTable, binary: LlamaServerBinary, http: httpx.AsyncClient) -> None:
+    def __init__(self, routes: RouteTable, http: httpx.AsyncClient) -> None:
         self.routes = routes
         self.evictions = 0
-        self._binary = binary
         self._http = http
-        self._env = child_environment(os.environ, binary.env)
         self._sidecars: dict[str, Sidecar] = {}
         self._spawns: dict[str, int] = {}
         self._changed = trio.Event()
@@ -132,8 +130,7 @@ class Pool:
         spawns = self._spawns[spec.key] = self._spawns.get(spec.key, 0) + 1
         sidecar = Sidecar(
             spec,
-            binary=self._binary.path,
-            env=self._env,
+            env=child_environment(os.environ, spec.binary.env),
             settings=self._settings,
             http=self._http,
             allocate_port=self._allocate_port,
@@ -194,10 +191,10 @@ class Pool:
 
     async def _expire_idle(self) -> None:
         while True:
-            ttl = self._pool_settings.idle_ttl_s
-            for key in policy.expired(self._occupants(), trio.current_time(), ttl):
-                self._stop_soon(self._sidecars[key], f"evicted: idle for {ttl:g} s (pool.idle_ttl_s)")
-            next_expiry = policy.next_expiry(self._occupants(), ttl)
+            for key in policy.expired(self._occupants(), trio.current_time()):
+                sidecar = self._sidecars[key]
+                self._stop_soon(sidecar, f"evicted: idle for {sidecar.spec.idle_ttl_s:g} s (idle TTL)")
+            next_expiry = policy.next_expiry(self._occupants())
             with trio.move_on_at(math.inf if next_expiry is None else next_expiry):
                 await self._changed.wait()
 
@@ -209,7 +206,8 @@ class Pool:
 
     def _occupants(self) -> list[Occupant]:
         return [
-            Occupant(s.key, s.state, s.in_flight, s.last_used, s.waiting) for s in self._sidecars.values()
+            Occupant(s.key, s.state, s.in_flight, s.last_used, s.waiting, s.spec.idle_ttl_s)
+            for s in self._sidecars.values()
         ]
 
     def get(self, key: str) -> Sidecar | None:

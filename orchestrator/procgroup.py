@@ -12,12 +12,30 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import psutil
 import trio
 
 IS_WINDOWS = sys.platform == "win32"
+
+_SCRUBBED_PREFIXES = ("LLAMA_ARG_",)
+_SCRUBBED_NAMES = ("LLAMA_SERVER_ROUTER_PORT", "LLAMA_API_KEY")
+
+
+def child_environment(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """The child's environment: ours, plus ``extra``, minus what would override its argv.
+
+    llama.cpp reads LLAMA_ARG_* before argv (they could set the port or model),
+    and a child that sees LLAMA_SERVER_ROUTER_PORT thinks it is a router child.
+    """
+    env = {**base, **extra}
+    return {
+        name: value
+        for name, value in env.items()
+        if not name.startswith(_SCRUBBED_PREFIXES) and name not in _SCRUBBED_NAMES
+    }
 
 
 def spawn_options() -> dict[str, Any]:

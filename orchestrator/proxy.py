@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any, cast
@@ -24,6 +25,7 @@ from quart_trio import QuartTrio
 
 from orchestrator.errors import (
     CapacityError,
+    FlagError,
     OrchestratorError,
     SpawnError,
     UnknownModelError,
@@ -65,6 +67,8 @@ def _response_for(error: OrchestratorError) -> Response:
         return error_response(502, str(error), "server_error", "sidecar_spawn_failed")
     if isinstance(error, UpstreamError):
         return error_response(502, str(error), "server_error", "sidecar_failed")
+    if isinstance(error, FlagError):
+        return error_response(400, str(error), "invalid_request_error", "invalid_llama_flags")
     return error_response(500, str(error), "server_error", "internal_error")
 
 
@@ -102,6 +106,31 @@ async def _relay(upstream: httpx.Response, sidecar: Sidecar) -> AsyncIterator[by
         if _is_event_stream(upstream):
             event = {"error": {"message": message, "type": "server_error", "code": "sidecar_failed"}}
             yield f"data: {json.dumps(event)}\n\n".encode()
+
+
+REQUEST_FLAGS_FIELD = "llama_flags"
+REQUEST_FLAGS_HEADER = "X-Llama-Flags"
+
+
+def request_flag_tokens(body: dict[str, Any], header: str | None) -> list[str]:
+    """Per-request llama-server flags from the body field or the (shell-quoted) header."""
+    field = body.get(REQUEST_FLAGS_FIELD)
+    if field is not None and header is not None:
+        raise FlagError(
+            [f"give per-request flags in {REQUEST_FLAGS_FIELD!r} or {REQUEST_FLAGS_HEADER}, not both"]
+        )
+    if field is not None:
+        if not isinstance(field, list) or not all(isinstance(token, str) for token in field):
+            raise FlagError(
+                [f'{REQUEST_FLAGS_FIELD!r} must be a list of strings such as ["--ctx-size", "8192"]']
+            )
+        return field
+    if header is None:
+        return []
+    try:
+        return shlex.split(header)
+    except ValueError as error:
+        raise FlagError([f"{REQUEST_FLAGS_HEADER} is not valid shell quoting: {error}"]) from error
 
 
 def create_app(pool: Pool, routes: RouteTable, http: httpx.AsyncClient) -> QuartTrio:
@@ -148,7 +177,13 @@ def create_app(pool: Pool, routes: RouteTable, http: httpx.AsyncClient) -> Quart
                 "invalid_request_error",
                 "missing_model",
             )
-        spec = routes.resolve(body["model"])
+        spec = routes.resolve(
+            body["model"], request_flag_tokens(body, request.headers.get(REQUEST_FLAGS_HEADER))
+        )
+        if REQUEST_FLAGS_FIELD in body:  # ours, not llama-server's
+            raw = json.dumps(
+                {name: value for name, value in body.items() if name != REQUEST_FLAGS_FIELD}
+            ).encode()
         resources = cast(AsyncExitStack, cast(dict[str, Any], request.scope)[_RESOURCES])
         sidecar = await resources.enter_async_context(pool.lease(spec))
         upstream_request = http.build_request(
@@ -183,15 +218,16 @@ def create_app(pool: Pool, routes: RouteTable, http: httpx.AsyncClient) -> Quart
             "object": "list",
             "data": [
                 {
-                    "id": entry.name,
+                    "id": route.name,
                     "object": "model",
                     "created": 0,
                     "owned_by": "llama-sidecar",
-                    "kind": entry.kind,
-                    "model": entry.spec.model,
-                    "sidecar_key": entry.spec.key,
+                    "kind": route.kind,
+                    "model": route.model.name,
+                    "sidecar_key": routes.key_of(route.name),
+                    "allow_request_flags": route.allow_request_flags,
                 }
-                for entry in routes.entries()
+                for route in routes.routes()
             ],
         }
 

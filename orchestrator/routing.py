@@ -1,19 +1,22 @@
 """Routing: the name in a request's ``model`` field -> the sidecar that serves it.
 
-Pure logic. Every agent, model and alias resolves to a ``SidecarSpec``: the
-model file, the merged flag layers and the stable key. Names whose effective
-(model, flags) are identical get the same key and so share one child.
+Pure logic. Every agent, model and alias resolves to a ``Route``: the model,
+its binary, its flag layers and whether requests may add flags. A route plus
+(optional) per-request flags gives a ``SidecarSpec``: everything needed to
+start one child, and its stable key. Names whose effective (binary, model,
+flags) are identical get the same key and so share one child.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from orchestrator import flags as flagmod
+from orchestrator.bundled import LlamaServerBinary
 from orchestrator.config import Config, ModelConfig
-from orchestrator.errors import UnknownModelError
-from orchestrator.flags import Flag
+from orchestrator.errors import FlagError, UnknownModelError
+from orchestrator.flags import Flag, FlagTable
 
 CHILD_HOST = "127.0.0.1"
 
@@ -25,13 +28,15 @@ class SidecarSpec:
     key: str
     model: str
     model_path: str
+    binary: LlamaServerBinary
     inherited: tuple[Flag, ...]  # from base_args, minus whatever the model or agent sets
-    explicit: tuple[Flag, ...]  # the model's and the agent's own flags
+    explicit: tuple[Flag, ...]  # the model's, the agent's and the request's own flags
+    idle_ttl_s: float
 
-    def argv(self, binary: str, port: int) -> list[str]:
+    def argv(self, port: int) -> list[str]:
         # Explicit flags go last: llama.cpp's last-wins parsing lets them win anyway.
         return [
-            binary,
+            self.binary.path,
             *flagmod.render(self.inherited),
             "--model", self.model_path,
             "--host", CHILD_HOST,
@@ -39,54 +44,93 @@ class SidecarSpec:
             *flagmod.render(self.explicit),
         ]  # fmt: skip
 
-    @property
-    def flags(self) -> tuple[Flag, ...]:
-        return flagmod.canonicalise((*self.inherited, *self.explicit))
-
-
-def build_spec(config: Config, model: ModelConfig, *explicit_layers: tuple[Flag, ...]) -> SidecarSpec:
-    """Merge base_args, the model's flags and any more explicit layers into a spec."""
-    layers = (config.llama_server.base_args, model.flags, *explicit_layers)
-    merged = flagmod.merge_layers(layers)
-    inherited, explicit = merged[0], tuple(flag for layer in merged[1:] for flag in layer)
-    key = flagmod.sidecar_key(model.identity, flagmod.canonicalise((*inherited, *explicit)))
-    return SidecarSpec(key, model.name, model.path, inherited, flagmod.canonicalise(explicit))
-
 
 @dataclass(frozen=True)
-class RouteEntry:
+class Route:
     """One name a client may put in ``model``."""
 
     name: str
     kind: str  # "agent", "model" or "alias"
-    spec: SidecarSpec
+    model: ModelConfig
+    layers: tuple[tuple[Flag, ...], ...]  # base_args, model flags, agent flags
+    binary: LlamaServerBinary
+    idle_ttl_s: float
+    allow_request_flags: bool
+
+    def spec(self, request_flags: Sequence[Flag] = ()) -> SidecarSpec:
+        """The child for this route, with ``request_flags`` as the most explicit layer."""
+        merged = flagmod.merge_layers((*self.layers, tuple(request_flags)))
+        inherited = merged[0]
+        explicit = flagmod.canonicalise(flag for layer in merged[1:] for flag in layer)
+        identity = f"{self.model.identity}|{self.binary.identity}"
+        key = flagmod.sidecar_key(identity, flagmod.canonicalise((*inherited, *explicit)))
+        return SidecarSpec(
+            key, self.model.name, self.model.path, self.binary, inherited, explicit, self.idle_ttl_s
+        )
 
 
 class RouteTable:
     """Every routable name of one configuration, resolved once."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        binaries: Mapping[str | None, LlamaServerBinary],
+        flag_tables: Mapping[str | None, FlagTable] | None = None,
+    ) -> None:
         self.config = config
-        entries: dict[str, RouteEntry] = {}
+        self._flag_tables = flag_tables or {}
+        base = config.llama_server.base_args
+        ttl = config.pool.idle_ttl_s
+        routes: dict[str, Route] = {}
         for model in config.models.values():
-            spec = build_spec(config, model)
-            entries[model.name] = RouteEntry(model.name, "model", spec)
+            binary = binaries[config.bin_for(model)]
+            model_ttl = ttl if model.ttl_s is None else model.ttl_s
+            route = Route(
+                model.name, "model", model, (base, model.flags), binary, model_ttl, model.allow_request_flags
+            )
+            routes[model.name] = route
             for alias in model.aliases:
-                entries[alias] = RouteEntry(alias, "alias", spec)
+                routes[alias] = Route(
+                    alias, "alias", model, route.layers, binary, model_ttl, model.allow_request_flags
+                )
         for agent in config.agents.values():
-            spec = build_spec(config, config.models[agent.model], agent.flags)
-            entries[agent.name] = RouteEntry(agent.name, "agent", spec)
-        self._entries: Mapping[str, RouteEntry] = entries
+            parent = routes[agent.model]
+            routes[agent.name] = Route(
+                agent.name,
+                "agent",
+                parent.model,
+                (*parent.layers, agent.flags),
+                parent.binary,
+                parent.idle_ttl_s,
+                agent.allow_request_flags,
+            )
+        self._routes: Mapping[str, Route] = routes
+        self._keys = {name: route.spec().key for name, route in routes.items()}
 
-    def resolve(self, name: str) -> SidecarSpec:
-        entry = self._entries.get(name)
-        if entry is None:
-            raise UnknownModelError(name, sorted(self._entries))
-        return entry.spec
+    def route(self, name: str) -> Route:
+        found = self._routes.get(name)
+        if found is None:
+            raise UnknownModelError(name, sorted(self._routes))
+        return found
 
-    def entries(self) -> list[RouteEntry]:
-        return list(self._entries.values())
+    def resolve(self, name: str, request_tokens: Sequence[str] = ()) -> SidecarSpec:
+        """The spec for a request naming ``name``, with its per-request flags if it has any."""
+        route = self.route(name)
+        if not request_tokens:
+            return route.spec()
+        if not route.allow_request_flags:
+            refusal = f"{route.kind} {name!r} does not accept per-request flags"
+            raise FlagError([f"{refusal} (its config would need allow_request_flags = true)"])
+        table = self._flag_tables.get(self.config.bin_for(route.model)) or flagmod.builtin_table()
+        return route.spec(flagmod.parse(request_tokens, table, per_request=True))
+
+    def routes(self) -> list[Route]:
+        return list(self._routes.values())
+
+    def key_of(self, name: str) -> str:
+        return self._keys[name]
 
     def users(self, key: str) -> list[str]:
-        """The agents and models (not aliases) whose requests land on ``key``."""
-        return [e.name for e in self._entries.values() if e.spec.key == key and e.kind != "alias"]
+        """The agents and models (not aliases) whose requests land on ``key`` without extra flags."""
+        return [r.name for r in self._routes.values() if self._keys[r.name] == key and r.kind != "alias"]

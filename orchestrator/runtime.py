@@ -16,8 +16,6 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from orchestrator.bundled import LlamaServerBinary
-from orchestrator.config import Config
 from orchestrator.errors import OrchestratorError, leaf_exceptions
 from orchestrator.pool import Pool
 from orchestrator.proxy import create_app
@@ -48,10 +46,9 @@ def upstream_client() -> httpx.AsyncClient:
 class Daemon:
     """The whole orchestrator for one configuration."""
 
-    def __init__(self, config: Config, binary: LlamaServerBinary) -> None:
-        self.config = config
-        self.binary = binary
-        self.routes = RouteTable(config)
+    def __init__(self, routes: RouteTable) -> None:
+        self.config = routes.config
+        self.routes = routes
         self.pool: Pool | None = None
         self._shutdown = trio.Event()
 
@@ -61,7 +58,7 @@ class Daemon:
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``request_shutdown``; started() with the base URL once listening."""
         async with upstream_client() as http, trio.open_nursery() as nursery:
-            pool = self.pool = Pool(self.routes, self.binary, http)
+            pool = self.pool = Pool(self.routes, http)
             await nursery.start(pool.run)
             server_config = hypercorn.config.Config()
             server_config.bind = [bind_address(self.config.server.host, self.config.server.port)]
@@ -78,9 +75,8 @@ class Daemon:
                 except* OSError as group:  # hypercorn binds inside its own nurseries
                     reason = "; ".join(str(getattr(e, "strerror", e)) for e in leaf_exceptions(group))
                     raise ListenError(f"cannot listen on {server_config.bind[0]}: {reason}") from group
-                log.info(
-                    "serving on %s with llama-server %s (%s)", binds[0], self.binary.path, self.binary.origin
-                )
+                binaries = sorted({f"{r.binary.path} ({r.binary.origin})" for r in self.routes.routes()})
+                log.info("serving on %s with llama-server %s", binds[0], ", ".join(binaries))
                 task_status.started(binds[0])
             # hypercorn has returned: nothing new is accepted and in-flight requests are done.
             await pool.stop_all("daemon shutting down")

@@ -36,22 +36,6 @@ READY_POLL_MAX_S = 0.25  # ...this; a stderr hint short-cuts the wait
 PIPE_EOF_GRACE_S = 2.0  # after the group is killed, the pipes must close within this
 _READY_HINT = re.compile(r"model loaded|listening on")
 _BIND_FAILED = "couldn't bind HTTP server socket"
-_SCRUBBED_PREFIXES = ("LLAMA_ARG_",)
-_SCRUBBED_NAMES = ("LLAMA_SERVER_ROUTER_PORT", "LLAMA_API_KEY")
-
-
-def child_environment(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
-    """The child's environment: ours, plus ``extra``, minus what would override its argv.
-
-    llama.cpp reads LLAMA_ARG_* before argv (they could set the port or model),
-    and a child that sees LLAMA_SERVER_ROUTER_PORT thinks it is a router child.
-    """
-    env = {**base, **extra}
-    return {
-        name: value
-        for name, value in env.items()
-        if not name.startswith(_SCRUBBED_PREFIXES) and name not in _SCRUBBED_NAMES
-    }
 
 
 class Sidecar:
@@ -61,7 +45,6 @@ class Sidecar:
         self,
         spec: SidecarSpec,
         *,
-        binary: str,
         env: Mapping[str, str],
         settings: LlamaServerSettings,
         http: httpx.AsyncClient,
@@ -84,7 +67,6 @@ class Sidecar:
         self.waiting = 0  # requests waiting for it to become ready
         self.last_used = trio.current_time()
         self.stderr = logtail.RingBuffer(TAIL_LINES)
-        self._binary = binary
         self._env = dict(env)
         self._settings = settings
         self._http = http
@@ -188,7 +170,7 @@ class Sidecar:
     async def _run_child(self, port: int, task_status: trio.TaskStatus[None]) -> bool:
         """One process on one port; True means 'the port was taken, try another'."""
         self.port = port
-        self.argv = self.spec.argv(self._binary, port)
+        self.argv = self.spec.argv(port)
         self._port_taken = False
         async with trio.open_nursery() as pipes:
             async with trio.open_nursery() as life:
@@ -198,7 +180,7 @@ class Sidecar:
                 try:
                     process: trio.Process = await life.start(self._process)
                 except OSError as error:
-                    self.failure = SpawnError(f"cannot start {self._binary}: {error}")
+                    self.failure = SpawnError(f"cannot start {self.spec.binary.path}: {error}")
                     return False
                 self.pid = process.pid
                 log.info("%s started pid %d: %s", self.label, process.pid, " ".join(self.argv))

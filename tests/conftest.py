@@ -22,6 +22,8 @@ from orchestrator.bundled import (
     find_llama_server,
 )
 from orchestrator.config import Config, parse_config
+from orchestrator.flagtable import CACHE_DIR_ENV, load_flag_table
+from orchestrator.routing import RouteTable
 from orchestrator.runtime import Daemon
 
 FAKE_SERVER = Path(__file__).parent / "fakes" / "fake_llama_server.py"
@@ -32,6 +34,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         print("\nerror: no tests were collected; refusing to report success", file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session", autouse=True)
+def flag_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Learned flag tables go to a per-session directory, not the user's cache."""
+    previous = os.environ.get(CACHE_DIR_ENV)
+    os.environ[CACHE_DIR_ENV] = str(tmp_path_factory.mktemp("flag-cache"))
+    yield
+    if previous is None:
+        del os.environ[CACHE_DIR_ENV]
+    else:
+        os.environ[CACHE_DIR_ENV] = previous
 
 
 @pytest.fixture(scope="session")
@@ -95,10 +109,17 @@ def make_config(
     return parse_config(document, "test-config", tmp_path)
 
 
+def routes_for(config: Config, binary: LlamaServerBinary) -> RouteTable:
+    """Routes where every model runs ``binary``, its flags learned from its --help."""
+    settings = config.bins()
+    table = load_flag_table(binary)
+    return RouteTable(config, dict.fromkeys(settings, binary), dict.fromkeys(settings, table))
+
+
 @asynccontextmanager
 async def running_daemon(config: Config, binary: LlamaServerBinary) -> AsyncIterator[tuple[str, Daemon]]:
     """A daemon serving on a loopback port for the duration of the block."""
-    daemon = Daemon(config, binary)
+    daemon = Daemon(routes_for(config, binary))
     async with trio.open_nursery() as nursery:
         url = await nursery.start(daemon.run)
         try:

@@ -6,8 +6,10 @@ from orchestrator import policy
 from orchestrator.policy import Occupant, State
 
 
-def occupant(key: str, last_used: float, state: State = State.READY, in_flight: int = 0) -> Occupant:
-    return Occupant(key, state, in_flight, last_used)
+def occupant(
+    key: str, last_used: float, state: State = State.READY, in_flight: int = 0, ttl: float = 0.0
+) -> Occupant:
+    return Occupant(key, state, in_flight, last_used, idle_ttl_s=ttl)
 
 
 def test_victim_is_the_least_recently_used_idle_ready_child() -> None:
@@ -26,12 +28,14 @@ def test_victim_is_the_least_recently_used_idle_ready_child() -> None:
     assert policy.choose_victim([just_ready, occupant("b", 5)]) == "b"  # its waiters get it first
 
 
-def test_idle_ttl_expiry() -> None:
-    pool = [occupant("a", 0), occupant("b", 8), occupant("busy", 0, in_flight=1)]
-    assert policy.expired(pool, now=10, idle_ttl_s=10) == ["a"]
-    assert policy.expired(pool, now=10, idle_ttl_s=0) == []  # 0 means never
-    assert policy.next_expiry(pool, idle_ttl_s=10) == 10
-    assert policy.next_expiry([occupant("busy", 0, in_flight=1)], idle_ttl_s=10) is None
+def test_idle_ttl_expiry_per_child() -> None:
+    pool = [occupant("a", 0, ttl=10), occupant("b", 8, ttl=10), occupant("busy", 0, in_flight=1, ttl=10)]
+    assert policy.expired(pool, now=10) == ["a"]
+    assert policy.next_expiry(pool) == 10
+    assert policy.next_expiry([occupant("busy", 0, in_flight=1, ttl=10)]) is None
+    never = [occupant("forever", 0, ttl=0), occupant("short", 5, ttl=1)]
+    assert policy.expired(never, now=1000) == ["short"]  # a TTL of 0 means never
+    assert policy.next_expiry(never) == 6
 
 
 def test_unhealthy_after_three_consecutive_failures() -> None:

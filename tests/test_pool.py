@@ -12,15 +12,14 @@ from orchestrator.bundled import LlamaServerBinary
 from orchestrator.config import Config
 from orchestrator.policy import State
 from orchestrator.pool import Pool
-from orchestrator.routing import RouteTable
 from orchestrator.runtime import upstream_client
-from tests.conftest import make_config, pid_alive, wait_until
+from tests.conftest import make_config, pid_alive, routes_for, wait_until
 
 
 @asynccontextmanager
 async def running_pool(config: Config, binary: LlamaServerBinary) -> AsyncIterator[Pool]:
     async with upstream_client() as http, trio.open_nursery() as nursery:
-        pool = Pool(RouteTable(config), binary, http)
+        pool = Pool(routes_for(config, binary), http)
         await nursery.start(pool.run)
         yield pool
         nursery.cancel_scope.cancel()
@@ -83,5 +82,5 @@ async def test_request_racing_the_eviction_of_its_child_waits_for_a_fresh_one(
             nursery.start_soon(use, "a")  # a is stopping: must wait for a fresh one
         assert sorted(served) == ["a", "b"]
         [final] = pool.sidecars()
-        assert final.spec is spec_a and final is not first_a and final.restarts == 1
+        assert final.spec == spec_a and final is not first_a and final.restarts == 1
         assert spec_b.key not in [s.key for s in pool.sidecars()]

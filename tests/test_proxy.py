@@ -17,7 +17,7 @@ import trio
 
 from orchestrator.bundled import LlamaServerBinary
 from orchestrator.runtime import Daemon
-from tests.conftest import make_config, pid_alive, poll_until, running_daemon, wait_until
+from tests.conftest import make_config, pid_alive, poll_until, routes_for, running_daemon, wait_until
 
 CHAT = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0}
 
@@ -399,7 +399,7 @@ async def test_shutdown_stops_every_child(
     fake_daemon_config: Callable[..., Any], fake_binary: LlamaServerBinary
 ) -> None:
     config = fake_daemon_config(a={}, b={})
-    daemon = Daemon(config, fake_binary)
+    daemon = Daemon(routes_for(config, fake_binary))
     async with trio.open_nursery() as nursery:
         url = await nursery.start(daemon.run)
         async with httpx.AsyncClient(timeout=30) as client:

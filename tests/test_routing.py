@@ -6,9 +6,17 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.bundled import LlamaServerBinary
+from orchestrator.config import Config
 from orchestrator.errors import UnknownModelError
 from orchestrator.routing import RouteTable
 from tests.conftest import make_config
+
+BINARY = LlamaServerBinary("/opt/llama/llama-server", "test")
+
+
+def table(config: Config) -> RouteTable:
+    return RouteTable(config, {setting: BINARY for setting in config.bins()})
 
 
 @pytest.fixture
@@ -25,9 +33,9 @@ def test_argv_layout_base_then_owned_then_explicit(tmp_path: Path, model_path: s
         agents={"coder": {"model": "m", "flags": ["-c", "8192"]}},
         llama_server={"base_args": ["-c", "4096", "--threads", "2"]},
     )
-    spec = RouteTable(config).resolve("coder")
-    assert spec.argv("llama-server", 41000) == [
-        "llama-server",
+    spec = table(config).resolve("coder")
+    assert spec.argv(41000) == [
+        "/opt/llama/llama-server",
         "--threads", "2",
         "--model", model_path,
         "--host", "127.0.0.1",
@@ -46,20 +54,20 @@ def test_same_effective_flags_share_a_key_and_users_are_listed(tmp_path: Path, m
             "bigger": {"model": "m", "flags": ["-c", "4096"]},
         },
     )
-    routes = RouteTable(config)
-    assert routes.resolve("m").key == routes.resolve("mm").key == routes.resolve("same-as-model").key
-    assert routes.resolve("bigger").key != routes.resolve("m").key
-    assert sorted(routes.users(routes.resolve("m").key)) == ["m", "same-as-model"]
+    routes = table(config)
+    assert routes.key_of("m") == routes.key_of("mm") == routes.key_of("same-as-model")
+    assert routes.key_of("bigger") != routes.key_of("m")
+    assert sorted(routes.users(routes.key_of("m"))) == ["m", "same-as-model"]
 
 
 def test_a_replaced_model_file_gets_a_new_key(tmp_path: Path, model_path: str) -> None:
-    before = RouteTable(make_config(tmp_path, {"m": {"path": model_path}})).resolve("m").key
+    before = table(make_config(tmp_path, {"m": {"path": model_path}})).resolve("m").key
     Path(model_path).write_bytes(b"GGUF but different")
-    after = RouteTable(make_config(tmp_path, {"m": {"path": model_path}})).resolve("m").key
+    after = table(make_config(tmp_path, {"m": {"path": model_path}})).resolve("m").key
     assert before != after
 
 
 def test_unknown_name_lists_the_known_ones(tmp_path: Path, model_path: str) -> None:
-    routes = RouteTable(make_config(tmp_path, {"m": {"path": model_path, "aliases": ["x"]}}))
+    routes = table(make_config(tmp_path, {"m": {"path": model_path, "aliases": ["x"]}}))
     with pytest.raises(UnknownModelError, match="known models: m, x"):
         routes.resolve("gpt-4")

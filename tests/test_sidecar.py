@@ -15,20 +15,19 @@ from orchestrator.bundled import LlamaServerBinary
 from orchestrator.config import Config
 from orchestrator.errors import SpawnError
 from orchestrator.policy import State
-from orchestrator.routing import RouteTable
+from orchestrator.procgroup import child_environment
 from orchestrator.runtime import upstream_client
-from orchestrator.sidecar import Sidecar, child_environment
-from tests.conftest import free_port, make_config, pid_alive, wait_until
+from orchestrator.sidecar import Sidecar
+from tests.conftest import free_port, make_config, pid_alive, routes_for, wait_until
 
 
 def sidecar_for(
     config: Config, binary: LlamaServerBinary, http: httpx.AsyncClient, ports: list[int]
 ) -> Sidecar:
-    spec = RouteTable(config).resolve(next(iter(config.models)))
+    spec = routes_for(config, binary).resolve(next(iter(config.models)))
     remaining = list(ports)
     return Sidecar(
         spec,
-        binary=binary.path,
         env=child_environment({"PATH": "/usr/bin:/bin"}, binary.env),
         settings=config.llama_server,
         http=http,

@@ -14,7 +14,8 @@ JSON object:
     tokens              tokens per reply (default 4)
     token_delay_s       pause between streamed tokens
 
-Like llama-server it binds first, answers 503 while loading, logs "model
+``--help`` prints the llama-server help shipped in orchestrator/data. Like
+llama-server it binds first, answers 503 while loading, logs "model
 loaded" and "listening on" when ready, and fails with "couldn't bind HTTP
 server socket" when the port is taken. ``POST /fake/control`` with
 ``{"health": "ok" | "error" | "hang"}`` changes what /health does from then on.
@@ -144,7 +145,14 @@ def on_sigterm(_signum: int, _frame: object) -> None:
     os._exit(0)
 
 
+HELP = os.path.join(os.path.dirname(__file__), "..", "..", "orchestrator", "data", "llama-server-help.txt")
+
+
 def main(argv: list[str]) -> int:
+    if argv == ["--help"]:  # answer like the llama-server whose help we ship
+        with open(HELP) as file:
+            sys.stdout.write(file.read())
+        return 0
     options: dict[str, str] = {}
     for index, token in enumerate(argv):
         if token in ("--model", "--host", "--port") and index + 1 < len(argv):
