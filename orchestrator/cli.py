@@ -1,4 +1,4 @@
-"""`orchestrator serve | ps | evict | doctor | config check`."""
+"""`orchestrator serve | ps | evict | doctor | flags check|list | config check|import-llama-swap`."""
 
 from __future__ import annotations
 
@@ -6,17 +6,21 @@ import argparse
 import dataclasses
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import trio
 
-from orchestrator.bundled import demo_config, find_llama_server, resolve_binaries
+from orchestrator import flags as flagmod
+from orchestrator import llamaswap
+from orchestrator.bundled import LlamaServerBinary, demo_config, find_llama_server, resolve_binaries
 from orchestrator.config import Config, load_config
-from orchestrator.errors import ConfigError, OrchestratorError, leaf_exceptions
+from orchestrator.errors import ConfigError, FlagError, OrchestratorError, leaf_exceptions
 from orchestrator.flags import FlagTable
 from orchestrator.flagtable import load_flag_table
 from orchestrator.pool import Pool
@@ -171,6 +175,50 @@ def cmd_evict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _table_of(bin_setting: str | None) -> tuple[LlamaServerBinary, FlagTable]:
+    binary = find_llama_server(bin_setting)
+    return binary, load_flag_table(binary)
+
+
+def cmd_flags_check(args: argparse.Namespace) -> int:
+    binary, table = _table_of(args.bin)
+    parsed = flagmod.parse_with_notes(args.tokens, table, per_request=args.request)
+    for note in parsed.notes:
+        print(f"note: {note}", file=sys.stderr)
+    canonical = flagmod.canonicalise(parsed.flags)
+    print(shlex.join(flagmod.render(canonical)))
+    key = flagmod.sidecar_key(binary.identity, canonical)
+    print(f"key: {key} (for this binary; a sidecar's key also covers its model file)")
+    return 0
+
+
+def cmd_flags_list(args: argparse.Namespace) -> int:
+    _binary, table = _table_of(args.bin)
+    print(f"# {len(table.specs)} flags from {table.source}")
+    for spec in table.specs:
+        marks = [
+            mark for mark, on in (("owned", flagmod.is_owned(spec.name)), ("removed", spec.removed)) if on
+        ]
+        spellings = ", ".join(spec.spellings) + (f" {spec.placeholder}" if spec.placeholder else "")
+        print(f"{spellings:<56} {' '.join(f'[{m}]' for m in marks)}".rstrip())
+    return 0
+
+
+def cmd_import_llama_swap(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    try:
+        text = path.read_text("utf-8-sig")
+    except OSError as error:
+        raise CommandError(f"cannot read {path}: {error.strerror}") from error
+    conversion = llamaswap.convert(llamaswap.load_yaml(text, str(path)), str(path), os.environ, args.ctx_size)
+    for warning in conversion.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    sys.stdout.write(
+        f"# converted from the llama-swap config {path}\n" + llamaswap.to_toml(conversion.document)
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrator", description="Supervise a pool of llama-server processes."
@@ -207,6 +255,25 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_commands.add_parser("check", help="validate a config file and report every problem")
     check.add_argument("path")
     check.set_defaults(handler=cmd_config_check)
+    convert = config_commands.add_parser(
+        "import-llama-swap", help="print a llama-swap config.yaml as an orchestrator TOML config"
+    )
+    convert.add_argument("path", help="the llama-swap config.yaml")
+    convert.add_argument("--ctx-size", type=int, metavar="N", help="set --ctx-size N on every model")
+    convert.set_defaults(handler=cmd_import_llama_swap)
+
+    flags_parser = commands.add_parser("flags", help="llama-server flags as this supervisor sees them")
+    flag_commands = flags_parser.add_subparsers(dest="flags_command", required=True, metavar="SUBCOMMAND")
+    flags_check = flag_commands.add_parser(
+        "check", help="validate flags: print the canonical form and key, or every problem (exit 1)"
+    )
+    flags_check.add_argument("--bin", help="the llama-server to check against (default: as serve finds it)")
+    flags_check.add_argument("--request", action="store_true", help="apply the stricter per-request rules")
+    flags_check.add_argument("tokens", nargs="*", metavar="FLAG", help="the flags, after --")
+    flags_check.set_defaults(handler=cmd_flags_check)
+    flags_list = flag_commands.add_parser("list", help="the flags the binary declares; owned ones marked")
+    flags_list.add_argument("--bin", help="the llama-server to ask (default: as serve finds it)")
+    flags_list.set_defaults(handler=cmd_flags_list)
     return parser
 
 
@@ -214,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except ConfigError as error:
+    except (ConfigError, FlagError) as error:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 1
@@ -223,6 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `orchestrator flags list | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from orchestrator import flags as flagmod
+from orchestrator import llamaswap
 from orchestrator.errors import ConfigError, FlagError, OrchestratorError
 from orchestrator.flags import Flag, FlagTable
 
@@ -214,7 +215,11 @@ def _is_port_range(value: object) -> bool:
 
 
 def parse_config(
-    data: Mapping[str, Any], source: str, base_dir: Path, flag_table_for: FlagTableFor = builtin_tables
+    data: Mapping[str, Any],
+    source: str,
+    base_dir: Path,
+    flag_table_for: FlagTableFor = builtin_tables,
+    notes: Sequence[str] = (),
 ) -> Config:
     """Build a Config from decoded TOML/JSON; raise ConfigError listing every problem.
 
@@ -222,8 +227,8 @@ def parse_config(
     (``flag_table_for``); without it, against the built-in table.
     """
     problems: list[str] = []
-    notes: list[str] = []
-    document = _Table(problems, notes, source, "", data)
+    all_notes = list(notes)
+    document = _Table(problems, all_notes, source, "", data)
     for unknown in sorted(set(data) - set(_SECTIONS)):
         document.problem(unknown, f"unknown section; expected one of {', '.join(_SECTIONS)}")
 
@@ -264,7 +269,7 @@ def parse_config(
     _check_names(document, models, agents)
     if problems:
         raise ConfigError(problems)
-    return Config(source, server, llama, pool, models, agents, tuple(notes))
+    return Config(source, server, llama, pool, models, agents, tuple(all_notes))
 
 
 class _TableCache:
@@ -361,13 +366,17 @@ def decode_document(raw: bytes, source: str) -> Mapping[str, Any]:
     except UnicodeDecodeError as error:
         raise ConfigError([f"{source}: not valid UTF-8 ({error})"]) from error
     suffix = Path(source).suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        return llamaswap.load_yaml(text, source)
     try:
         if suffix == ".json":
             document = json.loads(text)
         elif suffix == ".toml":
             document = tomllib.loads(text)
         else:
-            raise ConfigError([f"{source}: unknown file type {suffix!r}; expected .toml or .json"])
+            raise ConfigError(
+                [f"{source}: unknown file type {suffix!r}; expected .toml, .json or a llama-swap .yaml"]
+            )
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
         raise ConfigError([f"{source}: not valid {suffix[1:].upper()}: {error}"]) from error
     if not isinstance(document, dict):
@@ -382,4 +391,9 @@ def load_config(path: str | os.PathLike[str], flag_table_for: FlagTableFor = bui
         raw = file.read_bytes()
     except OSError as error:
         raise ConfigError([f"{file}: cannot read: {error.strerror}"]) from error
-    return parse_config(decode_document(raw, str(file)), str(file), file.resolve().parent, flag_table_for)
+    document = decode_document(raw, str(file))
+    warnings: list[str] = []
+    if file.suffix.lower() in (".yaml", ".yml"):  # a llama-swap config, served as it is
+        conversion = llamaswap.convert(document, str(file), os.environ)
+        document, warnings = conversion.document, conversion.warnings
+    return parse_config(document, str(file), file.resolve().parent, flag_table_for, warnings)

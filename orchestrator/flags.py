@@ -99,6 +99,7 @@ class FlagTable:
 
 _SPELLING = r"-{1,2}[A-Za-z0-9][\w.-]*"
 _ENTRY = re.compile(rf"^((?:{_SPELLING},\s*)*{_SPELLING})(?: (\S.*?))?(?:\s{{2,}}(.*))?$")
+_ENV_NOTE = re.compile(r"\s*\(env: [A-Z0-9_]+\)")
 _ALLOWED_VALUES = re.compile(r"allowed values: ([\w.-]+(?:, [\w.-]+)+)")
 # Flags whose repeats accumulate instead of replacing each other (the help does not say).
 _REPEATABLE = frozenset(
@@ -119,7 +120,7 @@ def parse_help(text: str) -> tuple[FlagSpec, ...]:
         elif line.startswith(" ") and entries:
             entries[-1][2].append(line.strip())
     return tuple(
-        _spec(spellings, placeholder, " ".join(description).strip())
+        _spec(spellings, placeholder, _ENV_NOTE.sub("", " ".join(description)).strip())
         for spellings, placeholder, description in entries
     )
 
@@ -338,6 +339,8 @@ class _Parser:
             suggestion = self.table.suggest(_spelling(spelling))
             hint = f"; did you mean {suggestion}?" if suggestion else ""
             self.problems.append(f"{spelling} is not a flag of this llama-server{hint}")
+            if not has_inline and (following := self.peek()) is not None and not _looks_like_flag(following):
+                self.index += 1  # most likely its value: one problem is enough
             return
         self.notes.append(f"{spelling} is not in the {self.table.source}; passed through unchecked")
         following = self.peek()

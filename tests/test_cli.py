@@ -90,3 +90,72 @@ async def test_ps_and_evict_against_a_running_daemon(
         assert (await client.get(f"{url}/api/sidecars")).json()["sidecars"] == []
         assert await trio.to_thread.run_sync(partial(main, ["evict", "--url", url, "m"])) == 1
         assert "no sidecar match 'm'" in capsys.readouterr().err
+
+
+def test_flags_check_prints_canonical_flags_or_every_problem(
+    fake_binary: LlamaServerBinary, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(
+            [
+                "flags",
+                "check",
+                "--bin",
+                fake_binary.path,
+                "--",
+                "-fa",
+                "-c",
+                "4096",
+                "--spec-type",
+                "draft-mtp",
+            ]
+        )
+        == 0
+    )
+    canonical, key = capsys.readouterr().out.splitlines()
+    assert canonical == "--ctx-size 4096 --flash-attn on --spec-type draft-mtp"
+    assert key.startswith("key: ") and len(key.split()[1]) == 16
+
+    assert (
+        main(["flags", "check", "--bin", fake_binary.path, "--", "--port", "1", "-c", "x", "--ctx-sise", "2"])
+        == 1
+    )
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "error: --port is set by the supervisor (host, port, model, aliases, API keys, TLS, logging and "
+        "print-and-exit flags are owned); remove it",
+        "error: -c: expected an integer, got 'x'",
+        "error: --ctx-sise is not a flag of this llama-server; did you mean --ctx-size?",
+    ]
+    assert main(["flags", "check", "--request", "--bin", fake_binary.path, "--", "--lora", "x.gguf"]) == 1
+    assert "names a file on the server" in capsys.readouterr().err
+
+
+def test_flags_list_marks_owned_and_removed_flags(
+    fake_binary: LlamaServerBinary, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["flags", "list", "--bin", fake_binary.path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("# ") and f"from {fake_binary.path} --help" in lines[0]
+    by_name = {line.split(",")[0].split()[0]: line for line in lines[1:]}
+    assert by_name["--port"].endswith("[owned]")
+    assert by_name["--draft"].endswith("[removed]")
+    assert by_name["--ctx-size"].split()[:3] == ["--ctx-size,", "-c", "N"]
+
+
+def test_import_llama_swap_writes_a_config_that_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "models").mkdir()
+    for name in ("SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf"):
+        (tmp_path / "models" / name).write_bytes(b"GGUF")
+    monkeypatch.setenv("MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("LLAMA_HOME", "/opt/llama")
+    fixture = Path(__file__).parent / "fixtures" / "llama-swap.yaml"
+    assert main(["config", "import-llama-swap", str(fixture), "--ctx-size", "32768"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("warning: ") == 9  # each listed in test_llamaswap
+    (tmp_path / "orchestrator.toml").write_text(captured.out)
+    assert "--ctx-size" in captured.out and '"32768"' in captured.out
+    assert main(["config", "check", str(tmp_path / "orchestrator.toml")]) == 0
+    assert "ok (2 models, 0 agents)" in capsys.readouterr().out

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.bundled import BinaryNotFoundError
 from orchestrator.config import load_config
 from orchestrator.errors import ConfigError
+from orchestrator.flags import FlagTable, builtin_table
 
 FULL_TOML = """
 [server]
@@ -104,7 +106,9 @@ model = "nope"
     [
         ("c.toml", "[server", "not valid TOML"),
         ("c.json", "{", "not valid JSON"),
-        ("c.yaml", "a: 1", "unknown file type '.yaml'; expected .toml or .json"),
+        ("c.ini", "a = 1", "unknown file type '.ini'; expected .toml, .json or a llama-swap .yaml"),
+        ("c.yaml", "a: 1", "not a llama-swap config"),
+        ("c.yaml", "a: [", "not valid YAML"),
         ("c.json", "[]", "expected a table/object at the top level"),
     ],
 )
@@ -117,3 +121,71 @@ def test_unreadable_documents(tmp_path: Path, name: str, content: str, message: 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_per_model_settings(tmp_path: Path, model_file: Path) -> None:
+    (tmp_path / "c.toml").write_text(
+        """
+[pool]
+idle_ttl_s = 600
+[models.m]
+path = "model.gguf"
+bin = "/opt/llama-b5000/llama-server"
+ttl_s = 30
+allow_request_flags = true
+[models.n]
+path = "model.gguf"
+[agents.a]
+model = "n"
+allow_request_flags = true
+"""
+    )
+    config = load_config(tmp_path / "c.toml")
+    m, n = config.models["m"], config.models["n"]
+    assert (m.bin, m.ttl_s, m.allow_request_flags) == ("/opt/llama-b5000/llama-server", 30, True)
+    assert (n.bin, n.ttl_s, n.allow_request_flags) == (None, None, False)
+    assert config.agents["a"].allow_request_flags
+    assert config.bins() == {"/opt/llama-b5000/llama-server", None}
+
+
+def test_flags_are_checked_against_each_models_binary_and_all_problems_reported(
+    tmp_path: Path, model_file: Path
+) -> None:
+    strict = FlagTable(builtin_table().specs, authoritative=True, source="test")
+    asked: list[str | None] = []
+
+    def table_for(setting: str | None) -> FlagTable:
+        asked.append(setting)
+        if setting == "missing":
+            raise BinaryNotFoundError(
+                "llama_server.bin = 'missing' is not an executable file or a command on PATH"
+            )
+        return strict
+
+    (tmp_path / "c.toml").write_text(
+        """
+[llama_server]
+base_args = ["--threads", "two"]
+[models.a]
+path = "model.gguf"
+flags = ["-c", "4096", "--ctx-sise", "1", "--host", "0.0.0.0"]
+[models.b]
+path = "model.gguf"
+bin = "missing"
+[agents.x]
+model = "a"
+flags = ["--draft-max", "4"]
+"""
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_config(tmp_path / "c.toml", table_for)
+    problems = "\n".join(raised.value.problems)
+    assert "llama_server.base_args: --threads: expected an integer, got 'two'" in problems
+    assert (
+        "models.a.flags: --ctx-sise is not a flag of this llama-server; did you mean --ctx-size?" in problems
+    )
+    assert "models.a.flags: --host is set by the supervisor" in problems
+    assert "models.b.bin: llama_server.bin = 'missing' is not an executable" in problems
+    assert "agents.x.flags: --draft-max was removed from llama.cpp" in problems
+    assert len(raised.value.problems) == 5
+    assert sorted(asked, key=str) == [None, "missing"]  # each binary asked once

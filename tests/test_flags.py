@@ -57,7 +57,10 @@ def test_unreadable_help_falls_back_to_the_builtin_table(tmp_path: pytest.TempPa
         (["--n-gpu-layers", "all"], [Flag.of("--gpu-layers", "all")]),
         (["--jinja", "--metrics"], [Flag.of("--jinja"), Flag.of("--metrics")]),
         (["--spec-type", "draft-mtp,ngram-simple"], [Flag.of("--spec-type", "draft-mtp,ngram-simple")]),
-        (["-ctk", "q8_0", "-ctv", "q8_0"], [Flag.of("--cache-type-k", "q8_0"), Flag.of("--cache-type-v", "q8_0")]),
+        (
+            ["-ctk", "q8_0", "-ctv", "f16"],
+            [Flag.of("--cache-type-k", "q8_0"), Flag.of("--cache-type-v", "f16")],
+        ),
         (["--control-vector-layer-range", "2", "9"], [Flag.of("--control-vector-layer-range", "2", "9")]),
         (["--temp", "0.7", "--top-p", "1"], [Flag.of("--temp", "0.7"), Flag.of("--top-p", "1")]),
     ],
@@ -84,7 +87,10 @@ def test_parse(tokens: list[str], expected: list[Flag]) -> None:
         (["-np", "0"], "-np: expected a value >= 1, got 0"),
         (["--top-p", "1.5"], "--top-p: expected a value <= 1, got 1.5"),
         (["--poll", "101"], "--poll: expected a value <= 100, got 101"),
-        (["--draft-max", "4"], "--draft-max was removed from llama.cpp: the argument has been removed. use --spec-draft-n-max"),
+        (
+            ["--draft-max", "4"],
+            "--draft-max was removed from llama.cpp: the argument has been removed. use --spec-d",
+        ),
         (["--control-vector-layer-range", "1"], "expects 2 values (START END)"),
         (["--port", "1"], "--port is set by the supervisor"),
         (["-m", "x.gguf"], "-m is set by the supervisor"),
@@ -159,13 +165,17 @@ def test_equivalent_spellings_give_one_key() -> None:
     def key(*tokens: str) -> str:
         return flags.sidecar_key("m", flags.effective([flags.parse(list(tokens), STRICT)]))
 
-    assert key("-c", "4096", "-fa") == key("--flash-attn", "on", "--ctx-size=4096") == key("-fa", "1", "--ctx_size", "4096")
+    assert key("-c", "4096", "-fa") == key("--flash-attn", "on", "--ctx-size=4096")
+    assert key("-c", "4096", "-fa") == key("-fa", "1", "--ctx_size", "4096")
     assert key("-ngl", "99") == key("--n-gpu-layers", "99") == key("--gpu-layers=99")
     assert key("-c", "4096") != key("-c", "2048")
     assert flags.sidecar_key("m", ()) != flags.sidecar_key("other", ())
 
 
-_GROUPS = [["-c", "512"], ["--ctx-size", "1024"], ["-fa"], ["-fa", "off"], ["--jinja"], ["-t", "2"], ["-ngl", "-1"], ["--temp", "0.5"]]
+_GROUPS = [
+    ["-c", "512"], ["--ctx-size", "1024"], ["-fa"], ["-fa", "off"], ["--jinja"], ["-t", "2"], ["-ngl", "-1"],
+    ["--temp", "0.5"],
+]  # fmt: skip
 
 
 @given(st.lists(st.sampled_from(_GROUPS), max_size=8), st.integers(0, 2**32))

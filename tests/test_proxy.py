@@ -180,6 +180,32 @@ async def test_real_unloadable_model_fails_the_request_fast_with_stderr(
 
 
 @pytest.mark.real
+async def test_real_child_starts_with_every_normalised_form(
+    tmp_path: Path, real_binary: LlamaServerBinary, demo_model: Path
+) -> None:
+    forms = {
+        "bare": ["-fa"],
+        "one": ["-fa", "1"],
+        "inline": ["--flash-attn=auto", "-ctk", "q8_0", "-ctv", "q8_0"],
+    }
+    config = make_config(
+        tmp_path,
+        {"smollm2": {"path": str(demo_model), "flags": ["-c", "1024", "-ngl", "all", "--spec-type", "none"]}},
+        agents={name: {"model": "smollm2", "flags": flags} for name, flags in forms.items()},
+        pool={"max_sidecars": 3},
+    )
+    async with running_daemon(config, real_binary) as (url, _daemon), httpx.AsyncClient(timeout=60) as client:
+        for name in forms:
+            response = await chat(client, url, name)
+            assert response.status_code == 200, response.text  # no "unknown value for --flash-attn"
+        argvs = {tuple(sorted(s["agents"])): s["argv"] for s in await sidecars(client, url)}
+        assert sorted(argvs) == [("bare", "one"), ("inline",)]  # -fa and -fa 1 are one flag: one child
+        assert all("--flash-attn" in argv and "-fa" not in argv for argv in argvs.values())
+        shared = argvs[("bare", "one")]
+        assert shared[shared.index("--flash-attn") + 1] == "on"
+
+
+@pytest.mark.real
 async def test_real_client_disconnect_cancels_the_generation(
     tmp_path: Path, real_binary: LlamaServerBinary, demo_model: Path
 ) -> None:
@@ -302,6 +328,58 @@ async def test_child_dying_before_it_answers_is_a_502(
         error = error_of(response)
         assert error["code"] == "sidecar_failed" and "did not answer" in error["message"]
         await poll_until(partial(no_sidecars, client, url))  # reaped; the next request would respawn
+
+
+async def test_per_request_flags_select_their_own_sidecar(
+    tmp_path: Path, fake_model: Callable[..., str], fake_binary: LlamaServerBinary
+) -> None:
+    config = make_config(
+        tmp_path,
+        {
+            "open": {"path": fake_model("open"), "allow_request_flags": True},
+            "closed": {"path": fake_model("closed")},
+        },
+        llama_server={"base_args": ["-c", "4096"]},
+    )
+    async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient(timeout=30) as client:
+        plain = await chat(client, url, "open")
+        body = {"model": "open", **CHAT, "llama_flags": ["--ctx-size=8192", "-fa"]}
+        flagged = await client.post(f"{url}/v1/chat/completions", json=body)
+        assert flagged.status_code == 200, flagged.text
+        assert "llama_flags" not in flagged.json()["request_keys"]  # ours; the child never saw it
+        assert "llama_flags" not in plain.json()["request_keys"]
+        header = {"X-Llama-Flags": "--flash-attn 'on' -c 8192"}
+        same = await client.post(f"{url}/v1/chat/completions", json={"model": "open", **CHAT}, headers=header)
+        assert same.status_code == 200
+        children = await sidecars(client, url)
+        assert len(children) == 2  # the header spelled the same flags: the same child
+        argvs = sorted((child["argv"] for child in children), key=len)
+        assert "8192" not in argvs[0] and "4096" in argvs[0]
+        assert argvs[1][-4:] == ["--ctx-size", "8192", "--flash-attn", "on"]
+        assert "4096" not in argvs[1]  # the request's explicit -c replaced the inherited one
+
+        refused = await client.post(
+            f"{url}/v1/chat/completions", json={"model": "closed", **CHAT, "llama_flags": ["-c", "1"]}
+        )
+        assert (
+            refused.status_code == 400 and "does not accept per-request flags" in error_of(refused)["message"]
+        )
+        for bad, message in (
+            (["--port", "1"], "--port is set by the supervisor"),
+            (["--lora", "/etc/passwd"], "names a file on the server"),
+            (["-c", "lots"], "expected an integer"),
+            ("-c 1", "must be a list of strings"),
+        ):
+            response = await client.post(
+                f"{url}/v1/chat/completions", json={"model": "open", **CHAT, "llama_flags": bad}
+            )
+            assert response.status_code == 400 and message in error_of(response)["message"], response.text
+            assert error_of(response)["code"] == "invalid_llama_flags"
+        unquoted = await client.post(
+            f"{url}/v1/chat/completions", json={"model": "open", **CHAT}, headers={"X-Llama-Flags": "-c '1"}
+        )
+        assert unquoted.status_code == 400 and "not valid shell quoting" in error_of(unquoted)["message"]
+        assert len(await sidecars(client, url)) == 2  # no refused request spawned anything
 
 
 async def test_client_leaving_mid_spawn_does_not_stop_the_spawn(

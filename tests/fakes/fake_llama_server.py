@@ -113,6 +113,7 @@ class Handler(BaseHTTPRequestHandler):
                         "completion_tokens": len(tokens),
                         "total_tokens": 3 + len(tokens),
                     },
+                    "request_keys": sorted(body),  # lets tests see what reached the child
                 },
             )
 
