@@ -6,8 +6,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
+
+from orchestrator.fanout import DEFAULT_QUEUE, FanOut
 
 MAX_LINE_BYTES = 8192
 _READ_SIZE = 65536
@@ -64,20 +67,35 @@ class LineSplitter:
         return bytes(raw).decode("utf-8", errors="replace").rstrip("\r")
 
 
-class RingBuffer:
-    """The last ``capacity`` lines."""
+class LogFeed:
+    """A child's output: the last ``capacity`` lines, and live subscribers to new ones.
 
-    def __init__(self, capacity: int) -> None:
+    Subscribe and read ``history()`` without a checkpoint in between, and the
+    subscriber sees every line exactly once. ``finish`` records how the child
+    ended and ends every subscription.
+    """
+
+    def __init__(self, capacity: int, queue_size: int = DEFAULT_QUEUE) -> None:
         self._lines: deque[LogLine] = deque(maxlen=capacity)
+        self.live: FanOut[LogLine] = FanOut(queue_size)
+        self.exit: dict[str, Any] | None = None
 
     def append(self, text: str) -> LogLine:
         line = LogLine(time.time(), text)
         self._lines.append(line)
+        self.live.publish(line)
         return line
+
+    def history(self) -> list[LogLine]:
+        return list(self._lines)
 
     def tail(self, count: int | None = None) -> list[str]:
         lines = [line.text for line in self._lines]
         return lines if count is None else lines[-count:] if count else []
+
+    def finish(self, exit_info: dict[str, Any]) -> None:
+        self.exit = exit_info
+        self.live.close()
 
     def __len__(self) -> int:
         return len(self._lines)

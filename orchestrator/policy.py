@@ -21,6 +21,17 @@ class State(enum.Enum):
     EXITED = "exited"
 
 
+class StopReason(enum.Enum):
+    """Why a child was taken out of service (what the events feed reports)."""
+
+    LRU = "lru"  # the pool was full and it was the least recently used idle child
+    TTL = "ttl"  # idle longer than its TTL
+    UNHEALTHY = "unhealthy"  # /health failed too often
+    MANUAL = "manual"  # someone asked (API, CLI, dashboard)
+    RESTART = "restart"  # someone asked for a fresh one
+    SHUTDOWN = "shutdown"  # the daemon is stopping
+
+
 @dataclass(frozen=True)
 class Occupant:
     """What the policy needs to know about one live child."""

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,7 +24,8 @@ import trio
 from orchestrator import policy
 from orchestrator.config import LlamaServerSettings, PoolSettings
 from orchestrator.errors import CapacityError, SpawnError
-from orchestrator.policy import Occupant, State
+from orchestrator.fanout import FanOut
+from orchestrator.policy import Occupant, State, StopReason
 from orchestrator.procgroup import child_environment
 from orchestrator.routing import CHILD_HOST, RouteTable, SidecarSpec
 from orchestrator.sidecar import Sidecar
@@ -47,6 +49,7 @@ class Pool:
     def __init__(self, routes: RouteTable, http: httpx.AsyncClient) -> None:
         self.routes = routes
         self.evictions = 0
+        self.events: FanOut[dict[str, Any]] = FanOut()
         self._http = http
         self._sidecars: dict[str, Sidecar] = {}
         self._spawns: dict[str, int] = {}
@@ -76,11 +79,18 @@ class Pool:
     async def lease(self, spec: SidecarSpec) -> AsyncIterator[Sidecar]:
         """A ready sidecar for ``spec``, counted in flight until the block ends."""
         sidecar = await self._acquire(spec)
+        self._publish(sidecar, "request", {"phase": "started", "in_flight": sidecar.in_flight})
         try:
             yield sidecar
         finally:
             sidecar.release()
+            self._publish(sidecar, "request", {"phase": "finished", "in_flight": sidecar.in_flight})
             self._notify()
+
+    async def preload(self, spec: SidecarSpec) -> Sidecar:
+        """Make sure a child for ``spec`` is running (spawning it if needed), without a request."""
+        async with self.lease(spec) as sidecar:
+            return sidecar
 
     async def _acquire(self, spec: SidecarSpec) -> Sidecar:
         deadline = trio.current_time() + self._pool_settings.capacity_wait_s
@@ -108,7 +118,7 @@ class Pool:
             victim_key = policy.choose_victim(self._occupants())
             if victim_key is not None:
                 victim = self._sidecars[victim_key]
-                self._stop_soon(victim, "evicted: least recently used, pool full")
+                self._stop_soon(victim, StopReason.LRU, "least recently used, and the pool is full")
                 await victim.wait_exited()
             else:
                 with trio.move_on_at(deadline):
@@ -135,9 +145,10 @@ class Pool:
             http=self._http,
             allocate_port=self._allocate_port,
             restarts=spawns - 1,
-            on_change=self._notify,
+            on_event=self._on_sidecar_event,
         )
         self._sidecars[spec.key] = sidecar
+        self._publish(sidecar, "spawn", {"restarts": spawns - 1})
         self._nursery.start_soon(self._own, sidecar)
         return sidecar
 
@@ -166,26 +177,41 @@ class Pool:
 
     # -- stopping ------------------------------------------------------------
 
-    def _stop_soon(self, sidecar: Sidecar, reason: str) -> None:
+    def _stop_soon(self, sidecar: Sidecar, reason: StopReason, detail: str) -> None:
         assert self._nursery is not None
-        if sidecar.mark_stopping(reason):
-            self.evictions += 1
-        self._nursery.start_soon(sidecar.stop, reason, self._pool_settings.drain_timeout_s)
+        if sidecar.mark_stopping(reason, detail):
+            self._count_eviction(sidecar, reason, detail)
+        self._nursery.start_soon(sidecar.stop, reason, detail, self._pool_settings.drain_timeout_s)
 
-    async def evict(self, key: str, reason: str = "evicted: by request") -> bool:
+    def _count_eviction(self, sidecar: Sidecar, reason: StopReason, detail: str) -> None:
+        if reason is not StopReason.SHUTDOWN:
+            self.evictions += 1
+        self._publish(sidecar, "evicted", {"reason": reason.value, "detail": detail})
+
+    async def evict(
+        self, key: str, reason: StopReason = StopReason.MANUAL, detail: str = "stopped on request"
+    ) -> bool:
         """Stop one child after its in-flight requests (bounded); False if there is none."""
         sidecar = self._sidecars.get(key)
         if sidecar is None:
             return False
-        self._stop_soon(sidecar, reason)
+        self._stop_soon(sidecar, reason, detail)
         await sidecar.wait_exited()
         return True
 
-    async def stop_all(self, reason: str) -> None:
+    async def restart(self, key: str) -> Sidecar | None:
+        """Replace one child with a fresh one of the same spec; None if there is none."""
+        sidecar = self._sidecars.get(key)
+        if sidecar is None:
+            return None
+        await self.evict(key, StopReason.RESTART, "restarted on request")
+        return await self.preload(sidecar.spec)
+
+    async def stop_all(self) -> None:
         """Stop every child, each after its in-flight requests (bounded), in parallel."""
         sidecars = list(self._sidecars.values())
         for sidecar in sidecars:
-            self._stop_soon(sidecar, reason)
+            self._stop_soon(sidecar, StopReason.SHUTDOWN, "the daemon is shutting down")
         for sidecar in sidecars:
             await sidecar.wait_exited()
 
@@ -193,12 +219,31 @@ class Pool:
         while True:
             for key in policy.expired(self._occupants(), trio.current_time()):
                 sidecar = self._sidecars[key]
-                self._stop_soon(sidecar, f"evicted: idle for {sidecar.spec.idle_ttl_s:g} s (idle TTL)")
+                self._stop_soon(
+                    sidecar, StopReason.TTL, f"idle for {sidecar.spec.idle_ttl_s:g} s (its idle TTL)"
+                )
             next_expiry = policy.next_expiry(self._occupants())
             with trio.move_on_at(math.inf if next_expiry is None else next_expiry):
                 await self._changed.wait()
 
     # -- views ---------------------------------------------------------------
+
+    def _on_sidecar_event(self, sidecar: Sidecar, kind: str, details: dict[str, Any]) -> None:
+        if kind == "unhealthy":  # the sidecar kills itself; for the pool that is an eviction
+            self._count_eviction(sidecar, StopReason.UNHEALTHY, sidecar.stop_detail)
+        self._publish(sidecar, kind, details)
+        self._notify()
+
+    def _publish(self, sidecar: Sidecar, kind: str, details: dict[str, Any]) -> None:
+        event = {
+            "type": kind,
+            "key": sidecar.key,
+            "model": sidecar.spec.model,
+            "ts": time.time(),
+            **details,
+            "sidecar": self.describe_one(sidecar),
+        }
+        self.events.publish(event)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -216,8 +261,8 @@ class Pool:
     def sidecars(self) -> list[Sidecar]:
         return list(self._sidecars.values())
 
+    def describe_one(self, sidecar: Sidecar) -> dict[str, Any]:
+        return {**sidecar.describe(), "agents": self.routes.users(sidecar.key)}
+
     def describe(self) -> list[dict[str, Any]]:
-        return [
-            {**sidecar.describe(), "agents": self.routes.users(sidecar.key)}
-            for sidecar in self._sidecars.values()
-        ]
+        return [self.describe_one(sidecar) for sidecar in self._sidecars.values()]

@@ -1,11 +1,9 @@
-"""The HTTP surface: OpenAI routes, the admin API and the daemon's health, on one Quart-Trio app.
+"""The OpenAI routes: a request leases a sidecar and gets the child's own response, streamed.
 
-A proxied request leases a sidecar, forwards the body untouched and streams
-the child's response back chunk by chunk (SSE included). Everything a request
-holds (the lease, the upstream response) goes on an exit stack that a thin
-ASGI wrapper closes when the exchange ends, however it ends: quart-trio may
-cancel a handler after it returned its response but before the body was
-entered, and a lease released only by the body generator would leak then.
+The body is forwarded untouched (less our ``llama_flags`` field) and the
+child's response comes back chunk by chunk, SSE included. The lease and the
+upstream response go on the request's exit stack (see app.RequestResources),
+so they are released however the exchange ends.
 """
 
 from __future__ import annotations
@@ -14,23 +12,15 @@ import json
 import logging
 import shlex
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
-from typing import Any, cast
+from typing import Any
 
 import httpx
-import trio
-from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from orchestrator.errors import (
-    CapacityError,
-    FlagError,
-    OrchestratorError,
-    SpawnError,
-    UnknownModelError,
-    UpstreamError,
-)
+from orchestrator.app_resources import request_resources
+from orchestrator.errors import FlagError, UpstreamError
+from orchestrator.httperrors import error_response
 from orchestrator.pool import Pool
 from orchestrator.routing import CHILD_HOST, RouteTable
 from orchestrator.sidecar import Sidecar
@@ -38,57 +28,12 @@ from orchestrator.sidecar import Sidecar
 log = logging.getLogger("orchestrator.proxy")
 
 OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-_RESOURCES = "orchestrator.resources"
-_CLOSE_TIMEOUT_S = 5.0
 # Never forwarded: per-connection headers, and CORS headers (llama-server allows
 # every origin; a web page must not be able to drive the daemon through us).
 _DROPPED_RESPONSE_HEADERS = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
      "proxy-authenticate", "proxy-authorization", "server", "date"}
 )  # fmt: skip
-
-
-def error_response(
-    status: int, message: str, kind: str, code: str, headers: dict[str, str] | None = None
-) -> Response:
-    """An error in the OpenAI shape."""
-    body = json.dumps({"error": {"message": message, "type": kind, "code": code}})
-    return Response(body, status=status, content_type="application/json", headers=headers)
-
-
-def _response_for(error: OrchestratorError) -> Response:
-    if isinstance(error, UnknownModelError):
-        return error_response(404, str(error), "invalid_request_error", "model_not_found")
-    if isinstance(error, CapacityError):
-        return error_response(
-            503, str(error), "server_error", "pool_busy", {"Retry-After": str(error.retry_after_s)}
-        )
-    if isinstance(error, SpawnError):
-        return error_response(502, str(error), "server_error", "sidecar_spawn_failed")
-    if isinstance(error, UpstreamError):
-        return error_response(502, str(error), "server_error", "sidecar_failed")
-    if isinstance(error, FlagError):
-        return error_response(400, str(error), "invalid_request_error", "invalid_llama_flags")
-    return error_response(500, str(error), "server_error", "internal_error")
-
-
-class RequestResources:
-    """ASGI middleware: an exit stack per HTTP exchange, closed when it ends."""
-
-    def __init__(self, app: ASGIFramework) -> None:
-        self._app = app
-
-    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-        if scope["type"] != "http":
-            await self._app(scope, receive, send)
-            return
-        stack = AsyncExitStack()
-        cast(dict[str, Any], scope)[_RESOURCES] = stack
-        try:
-            await self._app(scope, receive, send)
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
-                await stack.aclose()
 
 
 def _is_event_stream(upstream: httpx.Response) -> bool:
@@ -133,32 +78,8 @@ def request_flag_tokens(body: dict[str, Any], header: str | None) -> list[str]:
         raise FlagError([f"{REQUEST_FLAGS_HEADER} is not valid shell quoting: {error}"]) from error
 
 
-def create_app(pool: Pool, routes: RouteTable, http: httpx.AsyncClient) -> QuartTrio:
-    """The Quart-Trio app; call ``serve_app`` (or hypercorn) on ``app.asgi_app``'s owner."""
-    app = QuartTrio(__name__, static_folder=None)
-    # Model responses can take minutes; these limits would cut them silently.
-    app.config["RESPONSE_TIMEOUT"] = None
-    app.config["BODY_TIMEOUT"] = None
-    app.asgi_app = RequestResources(app.asgi_app)  # type: ignore[method-assign]
-
-    @app.errorhandler(OrchestratorError)
-    async def orchestrator_error(error: OrchestratorError) -> Response:
-        return _response_for(error)
-
-    @app.errorhandler(404)
-    async def not_found(_error: Exception) -> Response:
-        return error_response(
-            404, f"no route {request.method} {request.path}", "invalid_request_error", "not_found"
-        )
-
-    @app.errorhandler(405)
-    async def wrong_method(_error: Exception) -> Response:
-        return error_response(
-            405,
-            f"{request.method} is not allowed on {request.path}",
-            "invalid_request_error",
-            "method_not_allowed",
-        )
+def register_openai_routes(app: QuartTrio, pool: Pool, routes: RouteTable, http: httpx.AsyncClient) -> None:
+    """POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models."""
 
     async def forward() -> Response:
         raw = await request.get_data(cache=False)
@@ -184,7 +105,7 @@ def create_app(pool: Pool, routes: RouteTable, http: httpx.AsyncClient) -> Quart
             raw = json.dumps(
                 {name: value for name, value in body.items() if name != REQUEST_FLAGS_FIELD}
             ).encode()
-        resources = cast(AsyncExitStack, cast(dict[str, Any], request.scope)[_RESOURCES])
+        resources = request_resources()
         sidecar = await resources.enter_async_context(pool.lease(spec))
         upstream_request = http.build_request(
             "POST",
@@ -230,25 +151,3 @@ def create_app(pool: Pool, routes: RouteTable, http: httpx.AsyncClient) -> Quart
                 for route in routes.routes()
             ],
         }
-
-    @app.get("/api/sidecars")
-    async def list_sidecars() -> dict[str, Any]:
-        return {
-            "sidecars": pool.describe(),
-            "max_sidecars": routes.config.pool.max_sidecars,
-            "evictions": pool.evictions,
-        }
-
-    @app.delete("/api/sidecars/<key>")
-    async def delete_sidecar(key: str) -> Response:
-        if not await pool.evict(key):
-            return error_response(
-                404, f"no sidecar with key {key!r}", "invalid_request_error", "sidecar_not_found"
-            )
-        return Response(json.dumps({"stopped": key}), content_type="application/json")
-
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "sidecars": len(pool.sidecars())}
-
-    return app

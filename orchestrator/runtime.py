@@ -16,10 +16,11 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
+from orchestrator.app import create_app
 from orchestrator.errors import OrchestratorError, leaf_exceptions
 from orchestrator.pool import Pool
-from orchestrator.proxy import create_app
 from orchestrator.routing import RouteTable
+from orchestrator.stats import StatsSampler
 
 log = logging.getLogger("orchestrator")
 
@@ -60,11 +61,13 @@ class Daemon:
         async with upstream_client() as http, trio.open_nursery() as nursery:
             pool = self.pool = Pool(self.routes, http)
             await nursery.start(pool.run)
+            stats = StatsSampler(pool)
+            await nursery.start(stats.run)
             server_config = hypercorn.config.Config()
             server_config.bind = [bind_address(self.config.server.host, self.config.server.port)]
             server_config.graceful_timeout = HTTP_DRAIN_S
             server_config.accesslog = None
-            app = create_app(pool, self.routes, http)
+            app = create_app(pool, self.routes, http, stats)
             async with trio.open_nursery() as server:
                 try:
                     binds = await server.start(
@@ -79,7 +82,7 @@ class Daemon:
                 log.info("serving on %s with llama-server %s", binds[0], ", ".join(binaries))
                 task_status.started(binds[0])
             # hypercorn has returned: nothing new is accepted and in-flight requests are done.
-            await pool.stop_all("daemon shutting down")
+            await pool.stop_all()
             nursery.cancel_scope.cancel()
 
     async def serve_until_signal(self) -> None:

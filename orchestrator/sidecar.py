@@ -22,7 +22,7 @@ import trio
 from orchestrator import logtail, policy, procgroup
 from orchestrator.config import LlamaServerSettings
 from orchestrator.errors import SpawnError
-from orchestrator.policy import State
+from orchestrator.policy import State, StopReason
 from orchestrator.routing import CHILD_HOST, SidecarSpec
 
 log = logging.getLogger("orchestrator.sidecar")
@@ -50,7 +50,7 @@ class Sidecar:
         http: httpx.AsyncClient,
         allocate_port: Callable[[], int],
         restarts: int = 0,
-        on_change: Callable[[], None] = lambda: None,
+        on_event: Callable[[Sidecar, str, dict[str, Any]], None] = lambda _s, _k, _d: None,
     ) -> None:
         self.spec = spec
         self.restarts = restarts
@@ -61,17 +61,18 @@ class Sidecar:
         self.started_at = time.time()
         self.ready_at: float | None = None
         self.exit_code: int | None = None
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
+        self.stop_detail = ""
         self.failure: SpawnError | None = None
         self.in_flight = 0
         self.waiting = 0  # requests waiting for it to become ready
         self.last_used = trio.current_time()
-        self.stderr = logtail.RingBuffer(TAIL_LINES)
+        self.stderr = logtail.LogFeed(TAIL_LINES)
         self._env = dict(env)
         self._settings = settings
         self._http = http
         self._allocate_port = allocate_port
-        self._on_change = on_change  # told when the child becomes ready, unhealthy or exits
+        self._on_event = on_event  # told: starting, ready, unhealthy, exited
         self._settled = trio.Event()  # ready, or gone
         self._exited = trio.Event()
         self._idle = trio.Event()
@@ -139,24 +140,29 @@ class Sidecar:
                 )
         finally:
             self.state = State.EXITED
+            uptime = time.time() - self.started_at
+            exit_info: dict[str, Any] = {"code": self.exit_code, "uptime_s": round(uptime, 3)}
+            if self.failure is not None:
+                exit_info["error"] = self.failure.reason
+            self.stderr.finish(exit_info)
             self._settled.set()
             self._exited.set()
-            self._on_change()
+            self._on_event(self, "exited", exit_info)
         if self.failure is not None:
             raise self.failure
 
-    def mark_stopping(self, reason: str) -> bool:
+    def mark_stopping(self, reason: StopReason, detail: str) -> bool:
         """Take the child out of service at once (no new leases); False if it already was."""
         if self.state in (State.STOPPING, State.EXITED):
             return False
         self.state = State.STOPPING
-        self.stop_reason = reason
-        log.info("%s stopping (%s), %d request(s) in flight", self.label, reason, self.in_flight)
+        self.stop_reason, self.stop_detail = reason, detail
+        log.info("%s stopping (%s), %d request(s) in flight", self.label, detail, self.in_flight)
         return True
 
-    async def stop(self, reason: str, drain_timeout_s: float) -> None:
+    async def stop(self, reason: StopReason, detail: str, drain_timeout_s: float) -> None:
         """Let in-flight requests finish (bounded), then stop the child and wait for it."""
-        self.mark_stopping(reason)
+        self.mark_stopping(reason, detail)
         with trio.move_on_after(drain_timeout_s):
             await self._idle.wait()
         self._cancel_life()
@@ -184,6 +190,7 @@ class Sidecar:
                     return False
                 self.pid = process.pid
                 log.info("%s started pid %d: %s", self.label, process.pid, " ".join(self.argv))
+                self._on_event(self, "starting", {"pid": process.pid, "port": port, "argv": self.argv})
                 assert process.stdout is not None and process.stderr is not None
                 pipes.start_soon(logtail.pump_lines, process.stderr, self._on_stderr_line)
                 pipes.start_soon(logtail.drain, process.stdout)
@@ -223,11 +230,13 @@ class Sidecar:
         self.last_used = trio.current_time()
         log.info("%s ready in %.3f s", self.label, self.ready_at - self.started_at)
         self._settled.set()
-        self._on_change()
+        self._on_event(self, "ready", {"load_s": round(self.ready_at - self.started_at, 3)})
         task_status.started()
         await self._monitor_health(port)
         self.state = State.UNHEALTHY
-        self._on_change()
+        self.stop_reason = StopReason.UNHEALTHY
+        self.stop_detail = f"/health failed {policy.HEALTH_FAILURE_LIMIT} times in a row"
+        self._on_event(self, "unhealthy", {})
         log.warning("%s unhealthy: /health failed %d times in a row; killing it",
                     self.label, policy.HEALTH_FAILURE_LIMIT)  # fmt: skip
 
@@ -296,7 +305,7 @@ class Sidecar:
 
     def _exit_while_loading(self, returncode: int) -> SpawnError:
         if self._stop_requested:
-            return SpawnError(f"llama-server was stopped before it was ready ({self.stop_reason})")
+            return SpawnError(f"llama-server was stopped before it was ready ({self.stop_detail})")
         message = f"llama-server exited while loading ({procgroup.describe_exit(returncode)})"
         if procgroup.is_illegal_instruction(returncode):
             message += (
@@ -310,8 +319,8 @@ class Sidecar:
         """Log the end of a child that had been ready (a failed start is a SpawnError instead)."""
         uptime = time.time() - self.started_at
         how = procgroup.describe_exit(returncode)
-        if self._stop_requested:
-            log.info("%s stopped (%s), %s after %.1f s", self.label, self.stop_reason, how, uptime)
+        if self.stop_reason is not None:
+            log.info("%s stopped (%s), %s after %.1f s", self.label, self.stop_detail, how, uptime)
             return
         tail = "\n".join(self.stderr.tail(ERROR_TAIL_LINES))
         log.warning("%s exited unexpectedly, %s after %.1f s; last stderr lines:\n%s",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.logtail import LineSplitter, RingBuffer
+from orchestrator.logtail import LineSplitter, LogFeed
 
 
 def test_lines_split_across_chunks_and_crlf() -> None:
@@ -23,11 +23,23 @@ def test_invalid_utf8_is_replaced_not_fatal() -> None:
     assert LineSplitter().feed(b"caf\xe9\n") == ["caf\ufffd"]
 
 
-def test_ring_buffer_keeps_the_last_lines() -> None:
-    ring = RingBuffer(3)
+def test_log_feed_keeps_the_last_lines() -> None:
+    feed = LogFeed(3)
     for index in range(5):
-        ring.append(str(index))
-    assert ring.tail() == ["2", "3", "4"]
-    assert ring.tail(2) == ["3", "4"]
-    assert ring.tail(0) == []
-    assert len(ring) == 3
+        feed.append(str(index))
+    assert feed.tail() == ["2", "3", "4"]
+    assert feed.tail(2) == ["3", "4"]
+    assert feed.tail(0) == []
+    assert [line.text for line in feed.history()] == ["2", "3", "4"]
+    assert len(feed) == 3
+
+
+async def test_log_feed_subscribers_get_new_lines_then_the_end() -> None:
+    feed = LogFeed(10)
+    feed.append("before")
+    with feed.live.subscribe() as subscription:
+        feed.append("after")
+        feed.finish({"code": 0, "uptime_s": 1.0})
+        received = [item async for item in subscription]
+    assert [getattr(item, "text", item) for item in received] == ["after"]
+    assert feed.exit == {"code": 0, "uptime_s": 1.0}

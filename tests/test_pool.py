@@ -10,7 +10,7 @@ import trio
 
 from orchestrator.bundled import LlamaServerBinary
 from orchestrator.config import Config
-from orchestrator.policy import State
+from orchestrator.policy import State, StopReason
 from orchestrator.pool import Pool
 from orchestrator.runtime import upstream_client
 from tests.conftest import make_config, pid_alive, routes_for, wait_until
@@ -52,7 +52,7 @@ async def test_idle_ttl_stops_idle_children_but_never_a_busy_one(
         released = trio.current_time()
         await sidecar.wait_exited()
         assert trio.current_time() - released >= 0.3
-        assert sidecar.stop_reason is not None and "idle" in sidecar.stop_reason
+        assert sidecar.stop_reason is StopReason.TTL and "idle" in sidecar.stop_detail
         assert pool.sidecars() == [] and pool.evictions == 1
         assert sidecar.pid is not None and not pid_alive(sidecar.pid)
 

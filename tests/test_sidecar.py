@@ -14,7 +14,7 @@ import trio
 from orchestrator.bundled import LlamaServerBinary
 from orchestrator.config import Config
 from orchestrator.errors import SpawnError
-from orchestrator.policy import State
+from orchestrator.policy import State, StopReason
 from orchestrator.procgroup import child_environment
 from orchestrator.runtime import upstream_client
 from orchestrator.sidecar import Sidecar
@@ -55,7 +55,7 @@ async def test_slow_load_is_ready_once_health_says_so(
         assert trio.current_time() - started >= 1.0  # not before the load finished
         response = await http.get(f"http://127.0.0.1:{sidecar.port}/health")
         assert response.status_code == 200
-        await sidecar.stop("test over", drain_timeout_s=1)
+        await sidecar.stop(StopReason.MANUAL, "test over", drain_timeout_s=1)
     assert sidecar.describe()["state"] == "exited"
     assert sidecar.exit_code == 0  # SIGTERM was honoured: a graceful exit
 
@@ -93,16 +93,16 @@ async def test_health_that_starts_failing_makes_it_unhealthy_and_killed(
     tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
 ) -> None:
     config = make_config(tmp_path, {"m": {"path": fake_model()}}, llama_server={"health_interval_s": 0.05})
-    states: list[State] = []
+    events: list[str] = []
     async with upstream_client() as http, trio.open_nursery() as nursery:
         sidecar = sidecar_for(config, fake_binary, http, [free_port()])
         await nursery.start(sidecar.run)
-        sidecar._on_change = lambda: states.append(sidecar.state)
+        sidecar._on_event = lambda _sidecar, kind, _details: events.append(kind)
         await http.post(f"http://127.0.0.1:{sidecar.port}/fake/control", json={"health": "hang"})
         with trio.fail_after(10):
             await sidecar.wait_exited()
-    assert states[0] is State.UNHEALTHY
-    assert states[-1] is State.EXITED
+    assert events == ["unhealthy", "exited"]
+    assert sidecar.stop_reason is StopReason.UNHEALTHY
     assert sidecar.pid is not None and not pid_alive(sidecar.pid)
 
 
@@ -117,7 +117,7 @@ async def test_ignored_sigterm_gets_sigkill_after_the_grace_period(
         await nursery.start(sidecar.run)
         began = trio.current_time()
         with trio.fail_after(10):
-            await sidecar.stop("test", drain_timeout_s=0)
+            await sidecar.stop(StopReason.MANUAL, "test", drain_timeout_s=0)
         took = trio.current_time() - began
     assert sidecar.exit_code == -9
     assert took >= 0.5  # it was given the grace period first
@@ -134,7 +134,7 @@ async def test_grandchild_is_swept_with_the_group(
         grandchild = int(re.findall(r"\d+", line)[-1])
         assert pid_alive(grandchild)
         with trio.fail_after(10):  # the pipes closed: the grandchild no longer held stderr open
-            await sidecar.stop("test", drain_timeout_s=0)
+            await sidecar.stop(StopReason.MANUAL, "test", drain_timeout_s=0)
     await wait_until(lambda: not pid_alive(grandchild), timeout_s=5)
 
 
@@ -154,7 +154,7 @@ async def test_stderr_flood_keeps_the_ring_buffer_bounded_and_the_loop_responsiv
         assert worst_lag < 0.5
         assert len(sidecar.stderr) == 400  # bounded: only the last TAIL_LINES are kept
         assert (await http.get(f"http://127.0.0.1:{sidecar.port}/health")).status_code == 200
-        await sidecar.stop("test", drain_timeout_s=0)
+        await sidecar.stop(StopReason.MANUAL, "test", drain_timeout_s=0)
 
 
 async def test_taken_port_is_retried_on_another(
@@ -171,7 +171,7 @@ async def test_taken_port_is_retried_on_another(
             await nursery.start(sidecar.run)
             assert sidecar.port == other
             assert any("couldn't bind" in line for line in sidecar.stderr.tail())
-            await sidecar.stop("test", drain_timeout_s=0)
+            await sidecar.stop(StopReason.MANUAL, "test", drain_timeout_s=0)
 
 
 async def test_every_port_taken_is_a_spawn_error_not_a_retry_loop(
