@@ -2,8 +2,9 @@
 
 The publisher never waits. When a subscriber's queue is full the item is
 counted as dropped for that subscriber alone; as soon as there is room again,
-a ``Dropped(count)`` notice is queued first, so the subscriber sees exactly
-where the gap is and how big it was. Closing the fan-out ends every
+a ``Dropped(count)`` notice is queued first (or handed over as soon as the
+subscriber has drained its queue), so it sees exactly where the gap is and how
+big it was. Closing the fan-out ends every
 subscription after what is queued (and a last pending ``Dropped``).
 """
 
@@ -57,6 +58,10 @@ class Subscription(Generic[T]):
         return self
 
     async def __anext__(self) -> T | Dropped:
+        if self._pending_drops and self._receive.statistics().current_buffer_used == 0:
+            # Drained: report the gap now rather than when the next item comes (maybe never).
+            count, self._pending_drops = self._pending_drops, 0
+            return Dropped(count)
         try:
             return await self._receive.receive()
         except trio.EndOfChannel:

@@ -47,6 +47,16 @@ async def test_the_dropped_notice_sits_exactly_at_the_gap() -> None:
         assert taken + await collect(subscription) == [0, 1, 2, Dropped(2), 5, Dropped(1)]
 
 
+async def test_a_gap_is_reported_once_drained_even_if_nothing_follows() -> None:
+    fanout: FanOut[int] = FanOut(queue_size=2)
+    with fanout.subscribe() as subscription:
+        for number in range(5):
+            fanout.publish(number)
+        with trio.fail_after(1):
+            taken = [await subscription.__anext__() for _ in range(3)]
+        assert taken == [0, 1, Dropped(3)]
+
+
 async def test_unsubscribing_leaves_nothing_behind_and_late_subscribers_end_at_once() -> None:
     fanout: FanOut[int] = FanOut()
     with fanout.subscribe():

@@ -18,7 +18,9 @@ JSON object:
 llama-server it binds first, answers 503 while loading, logs "model
 loaded" and "listening on" when ready, and fails with "couldn't bind HTTP
 server socket" when the port is taken. ``POST /fake/control`` with
-``{"health": "ok" | "error" | "hang"}`` changes what /health does from then on.
+``{"health": "ok" | "error" | "hang"}`` changes what /health does from then on;
+``{"flood": N, "batch": B, "pause_s": P}`` prints N numbered 1 KB stderr lines,
+B at a time with a pause of P seconds between batches.
 """
 
 from __future__ import annotations
@@ -81,6 +83,10 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length) or b"{}")
         if self.path == "/fake/control":
             State.health = body.get("health", State.health)
+            if "flood" in body:
+                threading.Thread(
+                    target=flood, args=(body["flood"], body.get("batch", 100), body.get("pause_s", 0.01))
+                ).start()
             self.send_json(200, {"health": State.health})
             return
         if not State.ready.is_set():
@@ -139,6 +145,15 @@ class Handler(BaseHTTPRequestHandler):
     def write_chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
+
+
+def flood(lines: int, batch: int, pause_s: float) -> None:
+    """Print ``lines`` numbered stderr lines of 1 KB, ``batch`` at a time."""
+    padding = "x" * 1000
+    for start in range(0, lines, batch):
+        sys.stderr.write("".join(f"flood {i} {padding}\n" for i in range(start, min(start + batch, lines))))
+        sys.stderr.flush()
+        time.sleep(pause_s)
 
 
 def on_sigterm(_signum: int, _frame: object) -> None:
