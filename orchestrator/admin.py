@@ -158,7 +158,10 @@ def _register_feeds(app: QuartTrio, view: PoolView) -> None:
                 else:
                     message = {"type": "line", "key": full_key, "ts": item.ts, "text": item.text}
                 await websocket.send(json.dumps(message))
-        await websocket.send(json.dumps({"type": "exit", "key": full_key, **(feed.exit or {})}))
+        if feed.exit is None:  # the daemon is shutting down, the child is still running
+            await websocket.close(1001, "the daemon is shutting down")
+            return
+        await websocket.send(json.dumps({"type": "exit", "key": full_key, **feed.exit}))
         await websocket.close(1000)
 
     @app.websocket("/ws/events")

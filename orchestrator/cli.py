@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import shlex
@@ -12,9 +13,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 import trio
+from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from orchestrator import flags as flagmod
 from orchestrator import llamaswap
@@ -219,6 +222,87 @@ def cmd_import_llama_swap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ws_url(url: str, path: str) -> str:
+    return (
+        "wss://" + url[len("https://") :]
+        if url.startswith("https://")
+        else "ws://" + url.removeprefix("http://")
+    ) + path
+
+
+async def _feed(url: str, path: str, show: Callable[[dict[str, Any]], bool]) -> None:
+    """Print a websocket feed's messages with ``show`` until it returns False or the feed ends."""
+    try:
+        async with open_websocket_url(_ws_url(url, path)) as connection:
+            while True:
+                try:
+                    message = json.loads(await connection.get_message())
+                except ConnectionClosed:
+                    return
+                if message.get("type") == "error":
+                    raise CommandError(message["message"])
+                if not show(message):
+                    return
+    except (OSError, HandshakeError) as error:
+        raise CommandError(f"cannot reach the daemon at {url}: {error}") from error
+
+
+def _show_log_message(message: dict[str, Any]) -> bool:
+    if message["type"] == "line":
+        print(message["text"], flush=True)
+    elif message["type"] == "dropped":
+        print(f"[{message['count']} lines dropped: this terminal fell behind]", file=sys.stderr)
+    elif message["type"] == "exit":
+        print(f"[exited with code {message.get('code')} after {message.get('uptime_s')} s]", file=sys.stderr)
+    return True
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    path = f"/ws/logs/{quote(args.sidecar, safe='')}?follow={1 if args.follow else 0}&history={args.history}"
+    run_trio(_feed, args.url, path, _show_log_message)
+    return 0
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    details = " ".join(
+        f"{name}={event[name]}"
+        for name in (
+            "reason",
+            "detail",
+            "load_s",
+            "phase",
+            "in_flight",
+            "code",
+            "uptime_s",
+            "error",
+            "port",
+            "pid",
+        )
+        if name in event
+    )
+    when = time.strftime("%H:%M:%S", time.localtime(event.get("ts", time.time())))
+    return (
+        f"{when} {event['type']:<9} {event.get('model', '-')} {event.get('key', '')[:8]} {details}".rstrip()
+    )
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    def show(event: dict[str, Any]) -> bool:
+        if event["type"] == "snapshot":
+            pool = event["pool"]
+            live = ", ".join(f"{s['model']} {s['key'][:8]} {s['state']}" for s in event["sidecars"]) or "none"
+            print(f"{pool['live']}/{pool['max_sidecars']} sidecars: {live}", flush=True)
+            return bool(args.follow)
+        if event["type"] == "dropped":
+            print(f"[{event['count']} events dropped: this terminal fell behind]", file=sys.stderr)
+        elif event["type"] != "stats" or args.stats:
+            print(_event_line(event), flush=True)
+        return True
+
+    run_trio(_feed, args.url, "/ws/events", show)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrator", description="Supervise a pool of llama-server processes."
@@ -233,14 +317,33 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.set_defaults(handler=cmd_serve)
 
-    for name, handler, text in (("ps", cmd_ps, "list the sidecars of a running daemon"),
-                                ("evict", cmd_evict, "stop one sidecar of a running daemon")):  # fmt: skip
+    for name, handler, text in (
+        ("ps", cmd_ps, "list the sidecars of a running daemon"),
+        ("evict", cmd_evict, "stop one sidecar of a running daemon"),
+        ("logs", cmd_logs, "print a sidecar's stderr lines (-f: keep following)"),
+        ("events", cmd_events, "print the pool's events (-f: keep following)"),
+    ):
         command = commands.add_parser(name, help=text)
         command.add_argument(
             "--url", default=url_default, help=f"daemon URL (default {url_default}, or $ORCHESTRATOR_URL)"
         )
         if name == "evict":
             command.add_argument("key", help="a sidecar key, a unique key prefix, or a model name")
+        if name == "logs":
+            command.add_argument(
+                "sidecar", help="a sidecar key, a unique key prefix, or an agent or model name"
+            )
+            command.add_argument(
+                "--history", type=int, choices=(0, 1), default=1, help="print the recent lines first"
+            )
+        if name in ("logs", "events"):
+            command.add_argument(
+                "-f", "--follow", action="store_true", help="keep printing new ones as they come"
+            )
+        if name == "events":
+            command.add_argument(
+                "--stats", action="store_true", help="include the periodic CPU/memory samples"
+            )
         command.set_defaults(handler=handler)
 
     doctor = commands.add_parser(

@@ -207,6 +207,12 @@ class Pool:
         await self.evict(key, StopReason.RESTART, "restarted on request")
         return await self.preload(sidecar.spec)
 
+    def close_feeds(self) -> None:
+        """End every events and log subscription (the daemon is going away)."""
+        self.events.close()
+        for sidecar in self._sidecars.values():
+            sidecar.stderr.live.close()
+
     async def stop_all(self) -> None:
         """Stop every child, each after its in-flight requests (bounded), in parallel."""
         sidecars = list(self._sidecars.values())

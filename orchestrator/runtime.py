@@ -63,6 +63,7 @@ class Daemon:
             await nursery.start(pool.run)
             stats = StatsSampler(pool)
             await nursery.start(stats.run)
+            nursery.start_soon(self._close_feeds_on_shutdown, pool)
             server_config = hypercorn.config.Config()
             server_config.bind = [bind_address(self.config.server.host, self.config.server.port)]
             server_config.graceful_timeout = HTTP_DRAIN_S
@@ -84,6 +85,11 @@ class Daemon:
             # hypercorn has returned: nothing new is accepted and in-flight requests are done.
             await pool.stop_all()
             nursery.cancel_scope.cancel()
+
+    async def _close_feeds_on_shutdown(self, pool: Pool) -> None:
+        # Websocket feeds never end on their own; hypercorn's drain would wait for them.
+        await self._shutdown.wait()
+        pool.close_feeds()
 
     async def serve_until_signal(self) -> None:
         """Run with SIGINT/SIGTERM meaning a graceful stop (a second one: stop at once)."""

@@ -12,7 +12,7 @@ import trio
 
 from orchestrator.bundled import LlamaServerBinary
 from orchestrator.cli import main
-from tests.conftest import make_config, running_daemon
+from tests.conftest import make_config, poll_until, running_daemon
 
 
 def test_config_check_ok_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -159,3 +159,72 @@ def test_import_llama_swap_writes_a_config_that_checks(
     assert "--ctx-size" in captured.out and '"32768"' in captured.out
     assert main(["config", "check", str(tmp_path / "orchestrator.toml")]) == 0
     assert "ok (2 models, 0 agents)" in capsys.readouterr().out
+
+
+async def test_logs_follow_prints_lines_as_they_come(
+    tmp_path: Path,
+    fake_binary: LlamaServerBinary,
+    fake_model: Callable[..., str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model()}})
+    async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient() as client:
+        assert (await client.post(f"{url}/api/models/m/load")).status_code == 200
+        printed: list[str] = []
+
+        async def has_printed(text: str) -> bool:
+            printed.extend(capsys.readouterr().out.splitlines())
+            return any(text in line for line in printed)
+
+        async with trio.open_nursery() as nursery:
+            exit_code: list[int] = []
+
+            async def follow() -> None:
+                exit_code.append(
+                    await trio.to_thread.run_sync(partial(main, ["logs", "-f", "--url", url, "m"]))
+                )
+
+            nursery.start_soon(follow)
+            await poll_until(partial(has_printed, "model loaded"))  # the history came first
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            assert (await client.post(f"{url}/v1/chat/completions", json=body)).status_code == 200
+            await poll_until(
+                partial(has_printed, "POST /v1/chat/completions")
+            )  # a live line, while following
+            assert (await client.delete(f"{url}/api/sidecars/m")).status_code == 200
+        assert exit_code == [0]  # it ended by itself when the sidecar exited
+        assert "[exited with code 0 after" in capsys.readouterr().err
+
+        assert await trio.to_thread.run_sync(partial(main, ["logs", "--url", url, "m"])) == 1
+        assert "no sidecar matches 'm'" in capsys.readouterr().err
+
+
+async def test_events_prints_the_snapshot_and_follows(
+    tmp_path: Path,
+    fake_binary: LlamaServerBinary,
+    fake_model: Callable[..., str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model()}})
+    async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient() as client:
+        assert await trio.to_thread.run_sync(partial(main, ["events", "--url", url])) == 0
+        assert capsys.readouterr().out == "0/2 sidecars: none\n"
+        printed: list[str] = []
+
+        async def has_printed(text: str) -> bool:
+            printed.extend(capsys.readouterr().out.splitlines())
+            return any(text in line for line in printed)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                partial(
+                    trio.to_thread.run_sync,
+                    partial(main, ["events", "-f", "--url", url]),
+                    abandon_on_cancel=True,
+                )
+            )
+            await poll_until(partial(has_printed, "sidecars: none"))
+            assert (await client.post(f"{url}/api/models/m/load")).status_code == 200
+            await poll_until(partial(has_printed, " ready "))
+            assert any(" spawn " in line and " m " in line for line in printed)
+            nursery.cancel_scope.cancel()
