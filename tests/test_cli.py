@@ -161,6 +161,18 @@ def test_import_llama_swap_writes_a_config_that_checks(
     assert "ok (2 models, 0 agents)" in capsys.readouterr().out
 
 
+class Printed:
+    """What a CLI command running in a thread has printed so far."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self._capsys = capsys
+        self.lines: list[str] = []
+
+    async def has(self, text: str) -> bool:
+        self.lines.extend(self._capsys.readouterr().out.splitlines())
+        return any(text in line for line in self.lines)
+
+
 async def test_logs_follow_prints_lines_as_they_come(
     tmp_path: Path,
     fake_binary: LlamaServerBinary,
@@ -170,11 +182,7 @@ async def test_logs_follow_prints_lines_as_they_come(
     config = make_config(tmp_path, {"m": {"path": fake_model()}})
     async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient() as client:
         assert (await client.post(f"{url}/api/models/m/load")).status_code == 200
-        printed: list[str] = []
-
-        async def has_printed(text: str) -> bool:
-            printed.extend(capsys.readouterr().out.splitlines())
-            return any(text in line for line in printed)
+        printed = Printed(capsys)
 
         async with trio.open_nursery() as nursery:
             exit_code: list[int] = []
@@ -185,11 +193,11 @@ async def test_logs_follow_prints_lines_as_they_come(
                 )
 
             nursery.start_soon(follow)
-            await poll_until(partial(has_printed, "model loaded"))  # the history came first
+            await poll_until(partial(printed.has, "model loaded"))  # the history came first
             body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
             assert (await client.post(f"{url}/v1/chat/completions", json=body)).status_code == 200
             await poll_until(
-                partial(has_printed, "POST /v1/chat/completions")
+                partial(printed.has, "POST /v1/chat/completions")
             )  # a live line, while following
             assert (await client.delete(f"{url}/api/sidecars/m")).status_code == 200
         assert exit_code == [0]  # it ended by itself when the sidecar exited
@@ -209,11 +217,7 @@ async def test_events_prints_the_snapshot_and_follows(
     async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient() as client:
         assert await trio.to_thread.run_sync(partial(main, ["events", "--url", url])) == 0
         assert capsys.readouterr().out == "0/2 sidecars: none\n"
-        printed: list[str] = []
-
-        async def has_printed(text: str) -> bool:
-            printed.extend(capsys.readouterr().out.splitlines())
-            return any(text in line for line in printed)
+        printed = Printed(capsys)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
@@ -223,8 +227,8 @@ async def test_events_prints_the_snapshot_and_follows(
                     abandon_on_cancel=True,
                 )
             )
-            await poll_until(partial(has_printed, "sidecars: none"))
+            await poll_until(partial(printed.has, "sidecars: none"))
             assert (await client.post(f"{url}/api/models/m/load")).status_code == 200
-            await poll_until(partial(has_printed, " ready "))
-            assert any(" spawn " in line and " m " in line for line in printed)
+            await poll_until(partial(printed.has, " ready "))
+            assert any(" spawn " in line and " m " in line for line in printed.lines)
             nursery.cancel_scope.cancel()
