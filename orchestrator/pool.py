@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import trio
@@ -43,11 +43,19 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+class ChildGuard(Protocol):
+    """Told about every child process, so it can kill them if the daemon dies (see watchdog)."""
+
+    def register(self, pid: int) -> None: ...
+    def unregister(self, pid: int) -> None: ...
+
+
 class Pool:
     """Owns every sidecar; hands out leases on ready ones."""
 
-    def __init__(self, routes: RouteTable, http: httpx.AsyncClient) -> None:
+    def __init__(self, routes: RouteTable, http: httpx.AsyncClient, guard: ChildGuard | None = None) -> None:
         self.routes = routes
+        self._guard = guard
         self.evictions = 0
         self.events: FanOut[dict[str, Any]] = FanOut()
         self._http = http
@@ -235,6 +243,10 @@ class Pool:
     # -- views ---------------------------------------------------------------
 
     def _on_sidecar_event(self, sidecar: Sidecar, kind: str, details: dict[str, Any]) -> None:
+        if self._guard is not None and kind == "starting":
+            self._guard.register(details["pid"])
+        if self._guard is not None and kind == "exited" and sidecar.pid is not None:
+            self._guard.unregister(sidecar.pid)
         if kind == "unhealthy":  # the sidecar kills itself; for the pool that is an eviction
             self._count_eviction(sidecar, StopReason.UNHEALTHY, sidecar.stop_detail)
         self._publish(sidecar, kind, details)

@@ -21,6 +21,7 @@ from orchestrator.errors import OrchestratorError, leaf_exceptions
 from orchestrator.pool import Pool
 from orchestrator.routing import RouteTable
 from orchestrator.stats import StatsSampler
+from orchestrator.watchdog import Watchdog
 
 log = logging.getLogger("orchestrator")
 
@@ -59,7 +60,9 @@ class Daemon:
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``request_shutdown``; started() with the base URL once listening."""
         async with upstream_client() as http, trio.open_nursery() as nursery:
-            pool = self.pool = Pool(self.routes, http)
+            watchdog = Watchdog()
+            await nursery.start(watchdog.run)
+            pool = self.pool = Pool(self.routes, http, watchdog)
             await nursery.start(pool.run)
             stats = StatsSampler(pool)
             await nursery.start(stats.run)
