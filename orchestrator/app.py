@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import httpx
-from quart import Response, request
+from quart import Response, has_websocket_context, request, websocket
 from quart_trio import QuartTrio
 
 from orchestrator.admin import register_admin_routes
 from orchestrator.app_resources import RequestResources
+from orchestrator.auth import AccessPolicy, presented_key
 from orchestrator.errors import OrchestratorError
 from orchestrator.httperrors import error_response, response_for
 from orchestrator.pool import Pool
@@ -22,6 +23,31 @@ def create_app(pool: Pool, routes: RouteTable, http: httpx.AsyncClient, stats: S
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["BODY_TIMEOUT"] = None
     app.asgi_app = RequestResources(app.asgi_app)  # type: ignore[method-assign]
+
+    policy = AccessPolicy(routes.config.server.api_keys, routes.config.server.admin_keys)
+
+    def refusal() -> Response | None:
+        connection = websocket if has_websocket_context() else request
+        headers = connection.headers
+        presented = presented_key(
+            headers.get("authorization"), headers.get("x-api-key"), connection.args.get("key")
+        )
+        if policy.allows(connection.path, presented):
+            return None
+        return error_response(
+            401,
+            f"{connection.path} needs a key: send 'Authorization: Bearer KEY' or 'x-api-key: KEY'",
+            "invalid_request_error",
+            "invalid_api_key",
+        )
+
+    @app.before_request
+    async def check_request_key() -> Response | None:
+        return refusal()
+
+    @app.before_websocket
+    async def check_websocket_key() -> Response | None:
+        return refusal()
 
     @app.errorhandler(OrchestratorError)
     async def orchestrator_error(error: OrchestratorError) -> Response:

@@ -21,6 +21,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from orchestrator import flags as flagmod
 from orchestrator import llamaswap
+from orchestrator.auth import AccessPolicy, exposure_problem
 from orchestrator.bundled import LlamaServerBinary, demo_config, find_llama_server, resolve_binaries
 from orchestrator.config import Config, load_config
 from orchestrator.errors import ConfigError, FlagError, OrchestratorError, leaf_exceptions
@@ -74,6 +75,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host or config.server.host,
         port=config.server.port if args.port is None else args.port,
     )
+    if not args.insecure and (
+        problem := exposure_problem(server.host, AccessPolicy(server.api_keys, server.admin_keys))
+    ):
+        raise CommandError(problem)
     routes = build_routes(dataclasses.replace(config, server=server))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -125,9 +130,14 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _auth_headers() -> dict[str, str]:
+    key = os.environ.get("ORCHESTRATOR_KEY")
+    return {"authorization": f"Bearer {key}"} if key else {}
+
+
 def _api(method: str, url: str) -> Any:
     try:
-        response = httpx.request(method, url, timeout=30.0)
+        response = httpx.request(method, url, timeout=30.0, headers=_auth_headers())
     except httpx.HTTPError as error:
         raise CommandError(f"cannot reach the daemon at {url}: {error}") from error
     if response.status_code >= 400:
@@ -233,7 +243,8 @@ def _ws_url(url: str, path: str) -> str:
 async def _feed(url: str, path: str, show: Callable[[dict[str, Any]], bool]) -> None:
     """Print a websocket feed's messages with ``show`` until it returns False or the feed ends."""
     try:
-        async with open_websocket_url(_ws_url(url, path)) as connection:
+        headers = [(name.encode(), value.encode()) for name, value in _auth_headers().items()]
+        async with open_websocket_url(_ws_url(url, path), extra_headers=headers) as connection:
             while True:
                 try:
                     message = json.loads(await connection.get_message())
@@ -308,13 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="orchestrator", description="Supervise a pool of llama-server processes."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    url_default = os.environ.get("ORCHESTRATOR_URL", DEFAULT_URL)
+    url_default = os.environ.get("ORCHESTRATOR_URL", DEFAULT_URL)  # the key, if any: $ORCHESTRATOR_KEY
 
     serve = commands.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", metavar="PATH", help="TOML or JSON config (default: the demo model)")
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    serve.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback address without API and admin keys"
+    )
     serve.set_defaults(handler=cmd_serve)
 
     for name, handler, text in (

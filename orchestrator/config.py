@@ -31,6 +31,8 @@ LOOPBACK = "127.0.0.1"
 class ServerSettings:
     host: str = LOOPBACK
     port: int = 8080
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # never printed
+    admin_keys: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,16 @@ class _Table:
     def text(self, name: str, expected: str, default: T) -> str | T:
         return self.value(name, expected, _is_nonempty_str, default)
 
+    def keys(self, name: str) -> tuple[str, ...]:
+        """Secrets: problems are described without showing the values."""
+        keys = self.data.get(name, [])
+        if not _is_string_list(keys) or any(len(key) < 16 or key != key.strip() for key in keys):
+            self.problem(
+                name, "expected a list of keys of at least 16 characters each, without surrounding spaces"
+            )
+            return ()
+        return tuple(keys)
+
     def strings(self, name: str) -> tuple[str, ...]:
         return tuple(self.value(name, "a list of strings", _is_string_list, []))
 
@@ -232,10 +244,12 @@ def parse_config(
     for unknown in sorted(set(data) - set(_SECTIONS)):
         document.problem(unknown, f"unknown section; expected one of {', '.join(_SECTIONS)}")
 
-    server_t = document.table("server", ("host", "port"))
+    server_t = document.table("server", ("host", "port", "api_keys", "admin_keys"))
     server = ServerSettings(
         host=server_t.text("host", "a host name or address", LOOPBACK),
         port=server_t.value("port", "a port 0-65535", _is_port, 8080),
+        api_keys=server_t.keys("api_keys"),
+        admin_keys=server_t.keys("admin_keys"),
     )
 
     llama_t = document.table("llama_server", [f.name for f in dataclasses.fields(LlamaServerSettings)])

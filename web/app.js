@@ -6,7 +6,10 @@ const MAX_LOG_LINES = 2000;
 const state = { sidecars: new Map(), routes: [], pool: {}, selected: null, logSocket: null };
 
 const $ = (id) => document.getElementById(id);
-const wsUrl = (path) => `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${path}`;
+// With admin keys set, open the dashboard as /?key=KEY: the key goes along with every call.
+const KEY = new URLSearchParams(location.search).get("key");
+const withKey = (path) => (KEY ? `${path}${path.includes("?") ? "&" : "?"}key=${encodeURIComponent(KEY)}` : path);
+const wsUrl = (path) => `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${withKey(path)}`;
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -37,7 +40,7 @@ function ago(timestamp) {
 }
 
 async function act(method, path) {
-  const response = await fetch(path, { method });
+  const response = await fetch(path, { method, headers: KEY ? { authorization: `Bearer ${KEY}` } : {} });
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
     alert(body?.error?.message ?? `${method} ${path}: HTTP ${response.status}`);
