@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import httpx
-from quart import Response, has_websocket_context, request, websocket
+from quart import Response, has_request_context, has_websocket_context, request, websocket
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
 from orchestrator.admin import register_admin_routes
 from orchestrator.app_resources import RequestResources
@@ -16,12 +19,15 @@ from orchestrator.proxy import register_openai_routes
 from orchestrator.routing import RouteTable
 from orchestrator.stats import StatsSampler
 
+log = logging.getLogger("orchestrator.app")
+
 
 def create_app(pool: Pool, routes: RouteTable, http: httpx.AsyncClient, stats: StatsSampler) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
     # Model responses can take minutes; these limits would cut them silently.
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["BODY_TIMEOUT"] = None
+    app.config["MAX_CONTENT_LENGTH"] = routes.config.server.max_body_bytes
     app.asgi_app = RequestResources(app.asgi_app)  # type: ignore[method-assign]
 
     policy = AccessPolicy(routes.config.server.api_keys, routes.config.server.admin_keys)
@@ -53,15 +59,32 @@ def create_app(pool: Pool, routes: RouteTable, http: httpx.AsyncClient, stats: S
     async def orchestrator_error(error: OrchestratorError) -> Response:
         return response_for(error)
 
-    @app.errorhandler(404)
-    async def not_found(_error: Exception) -> Response:
-        message = f"no route {request.method} {request.path}"
-        return error_response(404, message, "invalid_request_error", "not_found")
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        status = error.code or 400
+        if status == 404:
+            message, code = f"no route {request.method} {request.path}", "not_found"
+        elif status == 405:
+            message, code = f"{request.method} is not allowed on {request.path}", "method_not_allowed"
+        elif status == 413:
+            limit = routes.config.server.max_body_bytes
+            message, code = (
+                f"the request body is larger than {limit} bytes (server.max_body_bytes)",
+                "body_too_large",
+            )
+        else:
+            message, code = (
+                f"{error.name}: {error.description}",
+                (error.name or "error").lower().replace(" ", "_"),
+            )
+        return error_response(status, message, "invalid_request_error", code)
 
-    @app.errorhandler(405)
-    async def wrong_method(_error: Exception) -> Response:
-        message = f"{request.method} is not allowed on {request.path}"
-        return error_response(405, message, "invalid_request_error", "method_not_allowed")
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        # A bug, not bad input: log it whole, answer in the OpenAI shape, keep serving.
+        where = f"{request.method} {request.path}" if has_request_context() else f"websocket {websocket.path}"
+        log.error("unexpected error on %s", where, exc_info=error)
+        return error_response(500, "internal error (logged by the daemon)", "server_error", "internal_error")
 
     register_openai_routes(app, pool, routes, http)
     register_admin_routes(app, pool, routes, stats)

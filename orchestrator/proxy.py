@@ -86,7 +86,7 @@ def register_openai_routes(app: QuartTrio, pool: Pool, routes: RouteTable, http:
         assert isinstance(raw, bytes)
         try:
             body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
             return error_response(
                 400, f"the request body is not valid JSON: {error}", "invalid_request_error", "invalid_json"
             )

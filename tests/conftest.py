@@ -92,10 +92,11 @@ def make_config(
     agents: dict[str, Any] | None = None,
     pool: dict[str, Any] | None = None,
     llama_server: dict[str, Any] | None = None,
+    server: dict[str, Any] | None = None,
 ) -> Config:
     """A validated Config listening on an ephemeral loopback port."""
     document = {
-        "server": {"host": "127.0.0.1", "port": 0},
+        "server": {"host": "127.0.0.1", "port": 0, **(server or {})},
         "llama_server": {
             "health_interval_s": 0.2,
             "stop_grace_s": 2.0,
