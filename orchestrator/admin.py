@@ -97,6 +97,7 @@ def _register_api(app: QuartTrio, view: PoolView) -> None:
             "max_sidecars": pool_summary["max_sidecars"],
             "evictions": pool_summary["evictions"],
             "pool": pool_summary,
+            "backing_off": pool.backoffs(),
         }
 
     @app.delete("/api/sidecars/<key>")

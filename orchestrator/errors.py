@@ -56,6 +56,14 @@ class SpawnError(OrchestratorError):
         super().__init__(f"{message}\n--- last stderr lines ---\n{detail}" if detail else message)
 
 
+class BackoffError(SpawnError):
+    """A model's child keeps failing; it is not respawned until its backoff ends."""
+
+    def __init__(self, message: str, stderr_tail: Sequence[str], retry_after_s: int) -> None:
+        super().__init__(message, stderr_tail)
+        self.retry_after_s = retry_after_s
+
+
 class CapacityError(OrchestratorError):
     """Every child is busy and the pool is full; the request waited and gave up."""
 

@@ -7,6 +7,7 @@ import json
 from quart import Response
 
 from orchestrator.errors import (
+    BackoffError,
     CapacityError,
     FlagError,
     OrchestratorError,
@@ -30,6 +31,9 @@ def response_for(error: OrchestratorError) -> Response:
     if isinstance(error, CapacityError):
         retry = {"Retry-After": str(error.retry_after_s)}
         return error_response(503, str(error), "server_error", "pool_busy", retry)
+    if isinstance(error, BackoffError):
+        retry = {"Retry-After": str(error.retry_after_s)}
+        return error_response(503, str(error), "server_error", "sidecar_backing_off", retry)
     if isinstance(error, SpawnError):
         return error_response(502, str(error), "server_error", "sidecar_spawn_failed")
     if isinstance(error, UpstreamError):

@@ -75,6 +75,31 @@ def next_expiry(occupants: Iterable[Occupant]) -> float | None:
     return min((o.last_used + o.idle_ttl_s for o in occupants if _expires(o)), default=None)
 
 
+@dataclass(frozen=True)
+class CrashLoopRule:
+    """``threshold`` failures within ``window_s`` start an exponential backoff, capped."""
+
+    window_s: float = 60.0
+    threshold: int = 3
+    base_s: float = 1.0
+    cap_s: float = 60.0
+
+
+def backoff_until(failures: Sequence[float], rule: CrashLoopRule = CrashLoopRule()) -> float | None:
+    """Until when a key may not be respawned, given its failure times (oldest first); None: go ahead.
+
+    Only failures within ``window_s`` of the newest one count, so a model that
+    failed long ago starts with a clean slate.
+    """
+    if not failures:
+        return None
+    recent = [t for t in failures if t >= failures[-1] - rule.window_s]
+    if len(recent) < rule.threshold:
+        return None
+    delay = min(rule.cap_s, rule.base_s * float(2 ** (len(recent) - rule.threshold)))
+    return failures[-1] + delay
+
+
 HEALTH_FAILURE_LIMIT = 3
 
 

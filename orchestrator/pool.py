@@ -21,9 +21,9 @@ from typing import Any, Protocol
 import httpx
 import trio
 
-from orchestrator import policy
+from orchestrator import policy, procgroup
 from orchestrator.config import LlamaServerSettings, PoolSettings
-from orchestrator.errors import CapacityError, SpawnError
+from orchestrator.errors import BackoffError, CapacityError, SpawnError
 from orchestrator.fanout import FanOut
 from orchestrator.policy import Occupant, State, StopReason
 from orchestrator.procgroup import child_environment
@@ -61,6 +61,8 @@ class Pool:
         self._http = http
         self._sidecars: dict[str, Sidecar] = {}
         self._spawns: dict[str, int] = {}
+        self._failures: dict[str, list[float]] = {}  # trio clock times of each key's failures
+        self._last_failure: dict[str, SpawnError] = {}
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._port_cursor = self._settings.port_range[0]
@@ -105,6 +107,7 @@ class Pool:
         while True:
             sidecar = self._sidecars.get(spec.key)
             if sidecar is None:
+                self._refuse_while_backing_off(spec)
                 sidecar = await self._make_room(spec, deadline)
                 if sidecar is None:
                     sidecar = self._spawn(spec)
@@ -143,6 +146,48 @@ class Pool:
                 return existing
         return None
 
+    def _refuse_while_backing_off(self, spec: SidecarSpec) -> None:
+        until = policy.backoff_until(self._failures.get(spec.key, []))
+        now = trio.current_time()
+        if until is None or now >= until:
+            return
+        last = self._last_failure[spec.key]
+        window = policy.CrashLoopRule().window_s
+        failures = len([t for t in self._failures[spec.key] if t >= now - window])
+        raise BackoffError(
+            f"{spec.model} keeps failing ({failures} times in the last {window:g} s); not restarting it "
+            f"for {until - now:.1f} s more. Last failure: {last.reason}",
+            last.stderr_tail,
+            retry_after_s=max(1, math.ceil(until - now)),
+        )
+
+    def _record_failure(self, sidecar: Sidecar) -> None:
+        """A child that could not start, or that exited without being asked to."""
+        if sidecar.failure is not None:
+            failure = sidecar.failure
+        elif sidecar.stop_reason is None and sidecar.exit_code is not None:
+            how = procgroup.describe_exit(sidecar.exit_code)
+            failure = SpawnError(f"llama-server exited unexpectedly ({how})", sidecar.stderr.tail(20))
+        else:
+            return
+        window = policy.CrashLoopRule().window_s
+        now = trio.current_time()
+        history = [t for t in self._failures.get(sidecar.key, []) if t >= now - window]
+        self._failures[sidecar.key] = [*history, now]
+        self._last_failure[sidecar.key] = failure
+
+    def backoffs(self) -> list[dict[str, Any]]:
+        """Keys that may not be respawned yet, with why (for /api/sidecars)."""
+        now = trio.current_time()
+        result = []
+        for key, failures in self._failures.items():
+            until = policy.backoff_until(failures)
+            if until is not None and until > now:
+                last = self._last_failure[key]
+                result.append({"key": key, "failures": len(failures), "retry_in_s": round(until - now, 1),
+                               "last_error": last.reason, "stderr_tail": list(last.stderr_tail)})  # fmt: skip
+        return result
+
     def _spawn(self, spec: SidecarSpec) -> Sidecar:
         assert self._nursery is not None, "Pool.run() is not running"
         spawns = self._spawns[spec.key] = self._spawns.get(spec.key, 0) + 1
@@ -170,6 +215,7 @@ class Pool:
             # take down the daemon and every other child with it.
             log.exception("%s supervision failed", sidecar.label)
         finally:
+            self._record_failure(sidecar)
             if self._sidecars.get(sidecar.key) is sidecar:
                 del self._sidecars[sidecar.key]
             self._notify()

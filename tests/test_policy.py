@@ -47,3 +47,13 @@ def test_port_candidates_skip_used_ports_and_wrap_from_the_cursor() -> None:
     assert policy.port_candidates((10, 14), in_use=[12], start=11) == [11, 13, 14, 10]
     assert policy.port_candidates((10, 14), in_use=[], start=15) == [10, 11, 12, 13, 14]
     assert policy.port_candidates((10, 11), in_use=[10, 11], start=10) == []
+
+
+def test_crash_loop_backoff_grows_and_is_capped() -> None:
+    rule = policy.CrashLoopRule(window_s=60, threshold=3, base_s=1, cap_s=8)
+    assert policy.backoff_until([], rule) is None
+    assert policy.backoff_until([10, 20], rule) is None  # two failures: try again at once
+    assert policy.backoff_until([10, 20, 30], rule) == 31  # the third starts the backoff
+    assert policy.backoff_until([10, 20, 30, 31], rule) == 33
+    assert policy.backoff_until([10, 20, 30, 31, 33, 37, 45], rule) == 53  # capped at 8 s
+    assert policy.backoff_until([0, 1, 2, 200], rule) is None  # old failures left the window

@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 
 from orchestrator.bundled import LlamaServerBinary
 from orchestrator.config import Config
+from orchestrator.errors import BackoffError, SpawnError
 from orchestrator.policy import State, StopReason
 from orchestrator.pool import Pool
 from orchestrator.runtime import upstream_client
@@ -84,3 +86,26 @@ async def test_request_racing_the_eviction_of_its_child_waits_for_a_fresh_one(
         [final] = pool.sidecars()
         assert final.spec == spec_a and final is not first_a and final.restarts == 1
         assert spec_b.key not in [s.key for s in pool.sidecars()]
+
+
+async def test_a_crash_looping_model_backs_off_and_fails_fast_with_its_stderr(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model(exit_during_load=9)}})
+    async with running_pool(config, fake_binary) as pool:
+        spec = pool.routes.resolve("m")
+        for _ in range(3):  # the first failures are tried again at once
+            with pytest.raises(SpawnError) as failed:
+                await pool.preload(spec)
+            assert not isinstance(failed.value, BackoffError)
+        began = trio.current_time()
+        with pytest.raises(BackoffError) as backing_off:
+            await pool.preload(spec)
+        assert trio.current_time() - began < 0.1  # fast: nothing was spawned
+        assert "keeps failing (3 times" in str(backing_off.value)
+        assert "exit code 9" in str(backing_off.value)
+        assert "fake: failed to load model" in backing_off.value.stderr_tail
+        assert backing_off.value.retry_after_s >= 1
+        assert pool._spawns[spec.key] == 3  # no more attempts than the rule allows
+        [entry] = pool.backoffs()
+        assert entry["key"] == spec.key and entry["failures"] == 3

@@ -382,6 +382,21 @@ async def test_per_request_flags_select_their_own_sidecar(
         assert len(await sidecars(client, url)) == 2  # no refused request spawned anything
 
 
+async def test_crash_loop_answers_503_with_retry_after_and_shows_in_the_admin_api(
+    fake_daemon_config: Callable[..., Any], fake_binary: LlamaServerBinary
+) -> None:
+    config = fake_daemon_config(m={"exit_during_load": 5})
+    async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient(timeout=30) as client:
+        statuses = [(await chat(client, url, "m")).status_code for _ in range(3)]
+        assert statuses == [502, 502, 502]
+        backing_off = await chat(client, url, "m")
+        assert backing_off.status_code == 503 and int(backing_off.headers["retry-after"]) >= 1
+        assert error_of(backing_off)["code"] == "sidecar_backing_off"
+        assert "exit code 5" in error_of(backing_off)["message"]
+        [entry] = (await client.get(f"{url}/api/sidecars")).json()["backing_off"]
+        assert entry["failures"] == 3 and "fake: failed to load model" in entry["stderr_tail"]
+
+
 async def test_client_leaving_mid_spawn_does_not_stop_the_spawn(
     fake_daemon_config: Callable[..., Any], fake_binary: LlamaServerBinary
 ) -> None:
