@@ -44,6 +44,7 @@ class LlamaServerSettings:
     health_interval_s: float = 5.0
     port_range: tuple[int, int] = (41000, 41999)
     stop_grace_s: float = 5.0
+    upstream_idle_timeout_s: float = 300.0  # a proxied request that gets no byte for this long is cancelled
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,7 @@ def parse_config(
         health_interval_s=llama_t.number("health_interval_s", d.health_interval_s, 0.05),
         port_range=(first, last),
         stop_grace_s=llama_t.number("stop_grace_s", d.stop_grace_s, 0.0),
+        upstream_idle_timeout_s=llama_t.number("upstream_idle_timeout_s", d.upstream_idle_timeout_s, 0.1),
     )
 
     pool_t = document.table("pool", [f.name for f in dataclasses.fields(PoolSettings)])

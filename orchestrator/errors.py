@@ -74,3 +74,7 @@ class CapacityError(OrchestratorError):
 
 class UpstreamError(OrchestratorError):
     """A child failed while serving a request (it died or the connection broke)."""
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """A child sent nothing for longer than llama_server.upstream_idle_timeout_s."""

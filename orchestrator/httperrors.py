@@ -14,6 +14,7 @@ from orchestrator.errors import (
     SpawnError,
     UnknownModelError,
     UpstreamError,
+    UpstreamTimeoutError,
 )
 
 
@@ -36,6 +37,8 @@ def response_for(error: OrchestratorError) -> Response:
         return error_response(503, str(error), "server_error", "sidecar_backing_off", retry)
     if isinstance(error, SpawnError):
         return error_response(502, str(error), "server_error", "sidecar_spawn_failed")
+    if isinstance(error, UpstreamTimeoutError):
+        return error_response(504, str(error), "server_error", "sidecar_timeout")
     if isinstance(error, UpstreamError):
         return error_response(502, str(error), "server_error", "sidecar_failed")
     if isinstance(error, FlagError):

@@ -19,7 +19,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from orchestrator.app_resources import request_resources
-from orchestrator.errors import FlagError, UpstreamError
+from orchestrator.errors import FlagError, UpstreamError, UpstreamTimeoutError
 from orchestrator.httperrors import error_response
 from orchestrator.pool import Pool
 from orchestrator.routing import CHILD_HOST, RouteTable
@@ -40,16 +40,26 @@ def _is_event_stream(upstream: httpx.Response) -> bool:
     return str(upstream.headers.get("content-type", "")).startswith("text/event-stream")
 
 
-async def _relay(upstream: httpx.Response, sidecar: Sidecar) -> AsyncIterator[bytes]:
+def _upstream_error(error: httpx.HTTPError, sidecar: Sidecar, what: str, idle: float) -> UpstreamError:
+    if isinstance(error, httpx.ReadTimeout):
+        return UpstreamTimeoutError(
+            f"{sidecar.label} sent nothing for {idle:g} s (llama_server.upstream_idle_timeout_s); "
+            "the request was cancelled"
+        )
+    return UpstreamError(f"{sidecar.label} {what}: {error or type(error).__name__}")
+
+
+async def _relay(upstream: httpx.Response, sidecar: Sidecar, idle: float) -> AsyncIterator[bytes]:
     """The child's body, chunk by chunk; an SSE stream that breaks ends with an error event."""
     try:
         async for chunk in upstream.aiter_raw():
             yield chunk
     except httpx.HTTPError as error:
-        message = f"{sidecar.label} failed mid-response: {error or type(error).__name__}"
-        log.warning("%s", message)
+        failure = _upstream_error(error, sidecar, "failed mid-response", idle)
+        log.warning("%s", failure)
         if _is_event_stream(upstream):
-            event = {"error": {"message": message, "type": "server_error", "code": "sidecar_failed"}}
+            code = "sidecar_timeout" if isinstance(failure, UpstreamTimeoutError) else "sidecar_failed"
+            event = {"error": {"message": str(failure), "type": "server_error", "code": code}}
             yield f"data: {json.dumps(event)}\n\n".encode()
 
 
@@ -80,6 +90,7 @@ def request_flag_tokens(body: dict[str, Any], header: str | None) -> list[str]:
 
 def register_openai_routes(app: QuartTrio, pool: Pool, routes: RouteTable, http: httpx.AsyncClient) -> None:
     """POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models."""
+    idle_timeout = routes.config.llama_server.upstream_idle_timeout_s
 
     async def forward() -> Response:
         raw = await request.get_data(cache=False)
@@ -116,11 +127,13 @@ def register_openai_routes(app: QuartTrio, pool: Pool, routes: RouteTable, http:
                 "accept": request.headers.get("accept", "*/*"),
                 "accept-encoding": "identity",
             },
+            # The read timeout is the longest silence allowed: before the headers and between chunks.
+            timeout=httpx.Timeout(connect=5.0, read=idle_timeout, write=30.0, pool=None),
         )
         try:
             upstream = await http.send(upstream_request, stream=True)
         except httpx.HTTPError as error:
-            raise UpstreamError(f"{sidecar.label} did not answer: {error or type(error).__name__}") from error
+            raise _upstream_error(error, sidecar, "did not answer", idle_timeout) from error
         resources.push_async_callback(upstream.aclose)
         headers = {
             name: value
@@ -128,7 +141,7 @@ def register_openai_routes(app: QuartTrio, pool: Pool, routes: RouteTable, http:
             if name.lower() not in _DROPPED_RESPONSE_HEADERS
             and not name.lower().startswith("access-control-")
         }
-        return Response(_relay(upstream, sidecar), status=upstream.status_code, headers=headers)
+        return Response(_relay(upstream, sidecar, idle_timeout), status=upstream.status_code, headers=headers)
 
     for path in OPENAI_ROUTES:
         app.add_url_rule(path, endpoint=path, view_func=forward, methods=["POST"])

@@ -206,6 +206,26 @@ async def test_real_child_starts_with_every_normalised_form(
 
 
 @pytest.mark.real
+async def test_real_stopped_child_is_found_unhealthy_killed_and_replaced(
+    tmp_path: Path, real_binary: LlamaServerBinary, demo_model: Path
+) -> None:
+    config = make_config(
+        tmp_path,
+        {"smollm2": {"path": str(demo_model)}},
+        llama_server={"health_interval_s": 0.2, "stop_grace_s": 0.5},
+    )
+    async with running_daemon(config, real_binary) as (url, _daemon), httpx.AsyncClient(timeout=60) as client:
+        assert (await chat(client, url, "smollm2")).status_code == 200
+        [before] = await sidecars(client, url)
+        os.kill(before["pid"], signal.SIGSTOP)  # alive, but answers nothing
+        await poll_until(partial(no_sidecars, client, url), timeout_s=20)
+        assert not pid_alive(before["pid"])
+        assert (await chat(client, url, "smollm2")).status_code == 200
+        [after] = await sidecars(client, url)
+        assert after["pid"] != before["pid"]
+
+
+@pytest.mark.real
 async def test_real_client_disconnect_cancels_the_generation(
     tmp_path: Path, real_binary: LlamaServerBinary, demo_model: Path
 ) -> None:
@@ -395,6 +415,33 @@ async def test_crash_loop_answers_503_with_retry_after_and_shows_in_the_admin_ap
         assert "exit code 5" in error_of(backing_off)["message"]
         [entry] = (await client.get(f"{url}/api/sidecars")).json()["backing_off"]
         assert entry["failures"] == 3 and "fake: failed to load model" in entry["stderr_tail"]
+
+
+async def test_a_silent_child_is_cut_off_after_the_idle_timeout(
+    tmp_path: Path, fake_model: Callable[..., str], fake_binary: LlamaServerBinary
+) -> None:
+    config = make_config(
+        tmp_path,
+        {
+            "slow": {"path": fake_model("slow", reply_delay_s=30)},
+            "stalls": {"path": fake_model("stalls", tokens=3, token_delay_s=30)},
+        },
+        llama_server={"upstream_idle_timeout_s": 0.5},
+    )
+    async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient(timeout=30) as client:
+        with trio.fail_after(10):
+            silent = await chat(client, url, "slow")
+        assert silent.status_code == 504 and error_of(silent)["code"] == "sidecar_timeout"
+        assert "sent nothing for 0.5 s" in error_of(silent)["message"]
+        events = []
+        with trio.fail_after(10):
+            body = {"model": "stalls", "stream": True, **CHAT}
+            async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+                events = [
+                    json.loads(line[6:]) async for line in response.aiter_lines() if line.startswith("data: ")
+                ]
+        assert len(events) == 2  # the first token, then the error when the child went quiet
+        assert events[-1]["error"]["code"] == "sidecar_timeout"
 
 
 async def test_client_leaving_mid_spawn_does_not_stop_the_spawn(

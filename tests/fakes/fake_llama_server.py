@@ -8,6 +8,7 @@ JSON object:
     exit_during_load    exit with this code after load_s instead of becoming ready
     crash_after_chunks  in a streaming reply, die abruptly after this many chunks
     crash_on_request    die abruptly on the first completion request, before answering
+    reply_delay_s       wait this long before answering a completion request
     ignore_sigterm      keep running on SIGTERM
     grandchild          start a grandchild that ignores SIGTERM and holds stderr open
     stderr_flood_lines  print this many stderr lines once ready
@@ -95,6 +96,7 @@ class Handler(BaseHTTPRequestHandler):
             )
             return
         State.requests += 1
+        time.sleep(float(State.behaviour.get("reply_delay_s", 0)))
         if State.behaviour.get("crash_on_request"):
             log("fake: crashing mid-request")
             os._exit(4)
