@@ -53,6 +53,8 @@ class PoolSettings:
     idle_ttl_s: float = 0.0  # 0 = never
     capacity_wait_s: float = 60.0  # a request waits this long for a busy pool, then 503
     drain_timeout_s: float = 30.0  # a stop waits this long for in-flight requests
+    max_in_flight: int = 0  # requests one child serves at once; 0 = its own slot count
+    max_queue: int = 64  # requests that may wait for a busy child; more get 429
 
 
 @dataclass(frozen=True)
@@ -280,6 +282,8 @@ def parse_config(
         idle_ttl_s=pool_t.number("idle_ttl_s", p.idle_ttl_s, 0.0),
         capacity_wait_s=pool_t.number("capacity_wait_s", p.capacity_wait_s, 0.0),
         drain_timeout_s=pool_t.number("drain_timeout_s", p.drain_timeout_s, 0.0),
+        max_in_flight=pool_t.integer("max_in_flight", p.max_in_flight, 0),
+        max_queue=pool_t.integer("max_queue", p.max_queue, 0),
     )
 
     models = _parse_models(document.table("models"), base_dir, default_bin, tables)

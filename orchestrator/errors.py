@@ -65,11 +65,15 @@ class BackoffError(SpawnError):
 
 
 class CapacityError(OrchestratorError):
-    """Every child is busy and the pool is full; the request waited and gave up."""
+    """Every child is busy and the pool is full, or a child's queue is; the request gave up."""
 
     def __init__(self, message: str, retry_after_s: int) -> None:
         self.retry_after_s = retry_after_s
         super().__init__(message)
+
+
+class OverloadedError(CapacityError):
+    """A child is at its in-flight limit and its wait queue is full (HTTP 429)."""
 
 
 class UpstreamError(OrchestratorError):

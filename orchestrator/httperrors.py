@@ -11,6 +11,7 @@ from orchestrator.errors import (
     CapacityError,
     FlagError,
     OrchestratorError,
+    OverloadedError,
     SpawnError,
     UnknownModelError,
     UpstreamError,
@@ -29,6 +30,9 @@ def error_response(
 def response_for(error: OrchestratorError) -> Response:
     if isinstance(error, UnknownModelError):
         return error_response(404, str(error), "invalid_request_error", "model_not_found")
+    if isinstance(error, OverloadedError):
+        retry = {"Retry-After": str(error.retry_after_s)}
+        return error_response(429, str(error), "rate_limit_error", "sidecar_overloaded", retry)
     if isinstance(error, CapacityError):
         retry = {"Retry-After": str(error.retry_after_s)}
         return error_response(503, str(error), "server_error", "pool_busy", retry)

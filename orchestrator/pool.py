@@ -23,7 +23,7 @@ import trio
 
 from orchestrator import policy, procgroup
 from orchestrator.config import LlamaServerSettings, PoolSettings
-from orchestrator.errors import BackoffError, CapacityError, SpawnError
+from orchestrator.errors import BackoffError, CapacityError, OverloadedError, SpawnError
 from orchestrator.fanout import FanOut
 from orchestrator.policy import Occupant, State, StopReason
 from orchestrator.procgroup import child_environment
@@ -112,13 +112,39 @@ class Pool:
                 if sidecar is None:
                     sidecar = self._spawn(spec)
             await sidecar.wait_settled()
-            if sidecar.state is State.READY:
+            if sidecar.state is State.READY and sidecar.in_flight < self._max_in_flight(sidecar):
                 sidecar.acquire()
                 return sidecar
+            if sidecar.state is State.READY:
+                await self._queue_for(sidecar, deadline)
+                continue
             if sidecar.failure is not None:
                 raise sidecar.failure
             # It is being stopped (evicted, unhealthy, or it died): wait, then respawn.
             await sidecar.wait_exited()
+
+    def _max_in_flight(self, sidecar: Sidecar) -> int:
+        return self._pool_settings.max_in_flight or sidecar.slots
+
+    async def _queue_for(self, sidecar: Sidecar, deadline: float) -> None:
+        """Wait (bounded) for a busy child to finish a request; 429 when its queue is full."""
+        if sidecar.waiting >= self._pool_settings.max_queue:
+            raise OverloadedError(
+                f"{sidecar.spec.model} is serving {sidecar.in_flight} requests (its limit) and "
+                f"{sidecar.waiting} more are waiting (pool.max_queue); try again shortly",
+                retry_after_s=1,
+            )
+        sidecar.waiting += 1  # a child with waiters is not idle: never evicted under them
+        try:
+            with trio.move_on_at(deadline):
+                await self._changed.wait()
+        finally:
+            sidecar.waiting -= 1
+        if trio.current_time() >= deadline:
+            wait = self._pool_settings.capacity_wait_s
+            raise CapacityError(
+                f"{sidecar.spec.model} stayed busy for {wait:g} s (pool.capacity_wait_s)", retry_after_s=1
+            )
 
     async def _make_room(self, spec: SidecarSpec, deadline: float) -> Sidecar | None:
         """Wait until the pool has room for one more child, evicting the LRU idle one.

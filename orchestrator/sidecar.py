@@ -33,7 +33,10 @@ ERROR_TAIL_LINES = 20  # of which an error message quotes this many
 PORT_ATTEMPTS = 3  # tries on different ports when the port was taken under us
 READY_POLL_FIRST_S = 0.01  # readiness polls start fast and back off to...
 READY_POLL_MAX_S = 0.25  # ...this; a stderr hint short-cuts the wait
-PIPE_EOF_GRACE_S = 2.0  # after the group is killed, the pipes must close within this
+PIPE_EOF_GRACE_S = 2.0
+DEFAULT_SLOTS = (
+    4  # llama-server's default --parallel  # after the group is killed, the pipes must close within this
+)
 _READY_HINT = re.compile(r"model loaded|listening on")
 _BIND_FAILED = "couldn't bind HTTP server socket"
 
@@ -65,6 +68,7 @@ class Sidecar:
         self.stop_detail = ""
         self.failure: SpawnError | None = None
         self.in_flight = 0
+        self.slots = DEFAULT_SLOTS  # how many requests the child serves at once (from its /props)
         self.waiting = 0  # requests waiting for it to become ready
         self.last_used = trio.current_time()
         self.stderr = logtail.LogFeed(TAIL_LINES)
@@ -222,8 +226,16 @@ class Sidecar:
         self.failure = self._exit_while_loading(process.returncode)
         return False
 
+    async def _read_slots(self, port: int) -> int:
+        try:
+            response = await self._http.get(f"http://{CHILD_HOST}:{port}/props", timeout=2.0)
+            return max(1, int(response.json()["total_slots"]))
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return DEFAULT_SLOTS  # an older or odd llama-server: assume its default
+
     async def _serve_until_unhealthy(self, port: int, task_status: trio.TaskStatus[None]) -> None:
         """Mark the child ready, tell whoever started us, then watch its health."""
+        self.slots = await self._read_slots(port)
         if self.state is State.STARTING:
             self.state = State.READY
         self.ready_at = time.time()
@@ -339,6 +351,7 @@ class Sidecar:
             "ready_at": self.ready_at,
             "last_used": time.time() - idle_for,
             "in_flight": self.in_flight,
+            "slots": self.slots,
             "waiting": self.waiting,
             "restarts": self.restarts,
             "exit_code": self.exit_code,

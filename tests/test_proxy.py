@@ -444,6 +444,34 @@ async def test_a_silent_child_is_cut_off_after_the_idle_timeout(
         assert events[-1]["error"]["code"] == "sidecar_timeout"
 
 
+async def test_a_busy_child_queues_then_refuses_with_429(
+    fake_daemon_config: Callable[..., Any], fake_binary: LlamaServerBinary
+) -> None:
+    config = fake_daemon_config(pool={"max_queue": 1}, m={"slots": 1, "tokens": 10, "token_delay_s": 0.05})
+    async with running_daemon(config, fake_binary) as (url, daemon), httpx.AsyncClient(timeout=30) as client:
+        results: dict[str, int] = {}
+
+        async def queued() -> None:
+            results["queued"] = (await chat(client, url, "m")).status_code
+
+        body = {"model": "m", "stream": True, **CHAT}
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as first:
+            lines = first.aiter_lines()
+            await lines.__anext__()  # the child's one slot is taken
+            [child] = await sidecars(client, url)
+            assert child["slots"] == 1  # read from the child's own /props
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(queued)
+                assert daemon.pool is not None
+                await wait_until(lambda: daemon.pool.sidecars()[0].waiting == 1)  # type: ignore[union-attr]
+                refused = await chat(client, url, "m")
+                assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+                assert error_of(refused)["code"] == "sidecar_overloaded"
+                rest = [line async for line in lines]
+            assert "data: [DONE]" in rest
+        assert results == {"queued": 200}  # served as soon as the slot was free
+
+
 async def test_client_leaving_mid_spawn_does_not_stop_the_spawn(
     fake_daemon_config: Callable[..., Any], fake_binary: LlamaServerBinary
 ) -> None:

@@ -9,6 +9,7 @@ JSON object:
     crash_after_chunks  in a streaming reply, die abruptly after this many chunks
     crash_on_request    die abruptly on the first completion request, before answering
     reply_delay_s       wait this long before answering a completion request
+    slots               what /props reports as total_slots (default 4)
     ignore_sigterm      keep running on SIGTERM
     grandchild          start a grandchild that ignores SIGTERM and holds stderr open
     stderr_flood_lines  print this many stderr lines once ready
@@ -69,6 +70,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(
                 503, {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
             )
+        elif self.path == "/props":
+            self.send_json(200, {"total_slots": int(State.behaviour.get("slots", 4))})
         elif self.path == "/health":
             if State.health == "hang":
                 time.sleep(3600)
