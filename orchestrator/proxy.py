@@ -63,6 +63,27 @@ async def _relay(upstream: httpx.Response, sidecar: Sidecar, idle: float) -> Asy
             yield f"data: {json.dumps(event)}\n\n".encode()
 
 
+async def _send(
+    http: httpx.AsyncClient, upstream_request: httpx.Request, sidecar: Sidecar, idle: float
+) -> httpx.Response:
+    """Send to the child; once more on a fresh connection if a pooled one was closed under us.
+
+    llama-server closes idle keep-alive connections; one picked from the pool
+    at that moment fails before any response. That is safe to resend: the child
+    never processed it (or has died, and the second try says so).
+    """
+    try:
+        return await http.send(upstream_request, stream=True)
+    except httpx.RemoteProtocolError:
+        log.debug("%s closed a pooled connection; resending on a fresh one", sidecar.label)
+    except httpx.HTTPError as error:
+        raise _upstream_error(error, sidecar, "did not answer", idle) from error
+    try:
+        return await http.send(upstream_request, stream=True)
+    except httpx.HTTPError as error:
+        raise _upstream_error(error, sidecar, "did not answer", idle) from error
+
+
 REQUEST_FLAGS_FIELD = "llama_flags"
 REQUEST_FLAGS_HEADER = "X-Llama-Flags"
 
@@ -130,10 +151,7 @@ def register_openai_routes(app: QuartTrio, pool: Pool, routes: RouteTable, http:
             # The read timeout is the longest silence allowed: before the headers and between chunks.
             timeout=httpx.Timeout(connect=5.0, read=idle_timeout, write=30.0, pool=None),
         )
-        try:
-            upstream = await http.send(upstream_request, stream=True)
-        except httpx.HTTPError as error:
-            raise _upstream_error(error, sidecar, "did not answer", idle_timeout) from error
+        upstream = await _send(http, upstream_request, sidecar, idle_timeout)
         resources.push_async_callback(upstream.aclose)
         headers = {
             name: value
