@@ -34,6 +34,7 @@ class ServerSettings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # never printed
     admin_keys: tuple[str, ...] = field(default=(), repr=False)
     max_body_bytes: int = 16 * 1024 * 1024
+    shutdown_grace_s: float = 10.0  # on SIGTERM/SIGINT, in-flight requests get this long to finish
 
 
 @dataclass(frozen=True)
@@ -248,13 +249,16 @@ def parse_config(
     for unknown in sorted(set(data) - set(_SECTIONS)):
         document.problem(unknown, f"unknown section; expected one of {', '.join(_SECTIONS)}")
 
-    server_t = document.table("server", ("host", "port", "api_keys", "admin_keys", "max_body_bytes"))
+    server_t = document.table(
+        "server", ("host", "port", "api_keys", "admin_keys", "max_body_bytes", "shutdown_grace_s")
+    )
     server = ServerSettings(
         host=server_t.text("host", "a host name or address", LOOPBACK),
         port=server_t.value("port", "a port 0-65535", _is_port, 8080),
         api_keys=server_t.keys("api_keys"),
         admin_keys=server_t.keys("admin_keys"),
         max_body_bytes=server_t.integer("max_body_bytes", ServerSettings.max_body_bytes, 1024),
+        shutdown_grace_s=server_t.number("shutdown_grace_s", ServerSettings.shutdown_grace_s, 0.0),
     )
 
     llama_t = document.table("llama_server", [f.name for f in dataclasses.fields(LlamaServerSettings)])

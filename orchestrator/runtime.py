@@ -1,8 +1,8 @@
 """The daemon: one root nursery holding the pool and the HTTP server, and the shutdown order.
 
-Shutdown: stop accepting and let hypercorn finish in-flight requests (bounded
-by its graceful timeout), then stop every child (SIGTERM, grace, SIGKILL to
-the group), then return.
+Shutdown: stop accepting and let in-flight requests finish (bounded by
+server.shutdown_grace_s), then stop every child (SIGTERM, grace, SIGKILL to
+the group), then return. A second signal skips the wait.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from orchestrator.stats import StatsSampler
 from orchestrator.watchdog import Watchdog
 
 log = logging.getLogger("orchestrator")
-
-HTTP_DRAIN_S = 10.0  # in-flight proxied requests get this long at shutdown
 
 
 class ListenError(OrchestratorError):
@@ -69,7 +67,7 @@ class Daemon:
             nursery.start_soon(self._close_feeds_on_shutdown, pool)
             server_config = hypercorn.config.Config()
             server_config.bind = [bind_address(self.config.server.host, self.config.server.port)]
-            server_config.graceful_timeout = HTTP_DRAIN_S
+            server_config.graceful_timeout = self.config.server.shutdown_grace_s
             server_config.accesslog = None
             app = create_app(pool, self.routes, http, stats)
             async with trio.open_nursery() as server:

@@ -14,8 +14,8 @@ import pytest
 import trio
 
 from orchestrator.bundled import LlamaServerBinary
-from orchestrator.runtime import bind_address
-from tests.conftest import free_port, pid_alive
+from orchestrator.runtime import Daemon, bind_address
+from tests.conftest import free_port, make_config, pid_alive, routes_for
 
 
 def test_bind_address_brackets_ipv6() -> None:
@@ -93,3 +93,23 @@ def test_serve_on_a_taken_port_is_a_short_error(tmp_path: Path, fake_binary: Lla
     assert result.returncode == 1
     assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_shutdown_lets_an_in_flight_stream_finish_then_stops_the_child(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model(tokens=10, token_delay_s=0.1)}})
+    daemon = Daemon(routes_for(config, fake_binary))
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(daemon.run)
+        async with httpx.AsyncClient(timeout=30) as client:
+            body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+                lines = response.aiter_lines()
+                await lines.__anext__()
+                assert daemon.pool is not None
+                [child] = daemon.pool.sidecars()
+                daemon.request_shutdown()  # mid-stream
+                rest = [line async for line in lines]
+        assert "data: [DONE]" in rest  # the request was not cut
+    assert child.pid is not None and not pid_alive(child.pid)
