@@ -14,11 +14,14 @@ and trio forks from worker threads that come and go.)
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import signal
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 
 import psutil
 import trio
@@ -58,11 +61,53 @@ def main() -> int:
     return 0
 
 
-class Watchdog:
-    """The daemon's side: starts the watchdog process and tells it about children."""
+STATE_DIR_ENV = "LLAMA_SIDECAR_STATE_DIR"
 
-    def __init__(self) -> None:
+
+def state_file_for(port: int) -> Path:
+    """Where a daemon on ``port`` records its children, for the next instance to sweep."""
+    configured = os.environ.get(STATE_DIR_ENV)
+    base = (
+        Path(configured)
+        if configured
+        else Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "llama-sidecar"
+    )
+    return base / f"children-{port}.json"
+
+
+def sweep_leftovers(state_file: Path) -> list[int]:
+    """Kill the children an earlier instance recorded and left behind; the pids killed."""
+    try:
+        recorded = json.loads(state_file.read_text("utf-8"))
+        children = {int(pid): float(created) for pid, created in recorded.items()}
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, AttributeError) as error:
+        log.warning("ignoring unreadable state file %s: %s", state_file, error)
+        return []
+    killed = kill_registered(children)
+    if killed:
+        log.warning("stopped %d llama-server(s) left by an earlier instance: pids %s", len(killed), killed)
+    return killed
+
+
+def _write_state(state_file: Path, children: dict[int, float]) -> None:
+    try:
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        partial_file = state_file.with_suffix(".tmp")
+        partial_file.write_text(json.dumps({str(pid): created for pid, created in children.items()}), "utf-8")
+        partial_file.replace(state_file)
+    except OSError as error:
+        log.warning("cannot record children in %s: %s", state_file, error)  # the watchdog still guards them
+
+
+class Watchdog:
+    """The daemon's side: starts the watchdog process, tells it about children, records them."""
+
+    def __init__(self, state_file: Path | None = None) -> None:
         self._send, self._receive = trio.open_memory_channel[str](1000)
+        self._state_file = state_file
+        self._children: dict[int, float] = {}
 
     def register(self, pid: int) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):  # exited already: nothing to guard
@@ -72,6 +117,9 @@ class Watchdog:
         self._send.send_nowait(f"-{pid}\n")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self._state_file is not None:
+            await trio.to_thread.run_sync(sweep_leftovers, self._state_file)
+            await trio.to_thread.run_sync(_write_state, self._state_file, {})
         async with trio.open_nursery() as nursery:
             command = [sys.executable, "-m", "orchestrator.watchdog"]
             start = partial(
@@ -83,6 +131,16 @@ class Watchdog:
             async with process.stdin:
                 async for line in self._receive:
                     await process.stdin.send_all(line.encode())
+                    self._remember(line)
+                    if self._state_file is not None:
+                        await trio.to_thread.run_sync(_write_state, self._state_file, dict(self._children))
+
+    def _remember(self, line: str) -> None:
+        sign, _, created = line.strip().partition(" ")
+        if sign.startswith("+"):
+            self._children[int(sign[1:])] = float(created)
+        else:
+            self._children.pop(int(sign[1:]), None)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from orchestrator.config import Config, parse_config
 from orchestrator.flagtable import CACHE_DIR_ENV, load_flag_table
 from orchestrator.routing import RouteTable
 from orchestrator.runtime import Daemon
+from orchestrator.watchdog import STATE_DIR_ENV
 
 FAKE_SERVER = Path(__file__).parent / "fakes" / "fake_llama_server.py"
 
@@ -37,15 +38,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def flag_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Learned flag tables go to a per-session directory, not the user's cache."""
-    previous = os.environ.get(CACHE_DIR_ENV)
-    os.environ[CACHE_DIR_ENV] = str(tmp_path_factory.mktemp("flag-cache"))
+def private_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Learned flag tables and children state files go to per-session directories, not the user's."""
+    previous = {name: os.environ.get(name) for name in (CACHE_DIR_ENV, STATE_DIR_ENV)}
+    for name in previous:
+        os.environ[name] = str(tmp_path_factory.mktemp(name.lower()))
     yield
-    if previous is None:
-        del os.environ[CACHE_DIR_ENV]
-    else:
-        os.environ[CACHE_DIR_ENV] = previous
+    for name, value in previous.items():
+        if value is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -13,8 +14,8 @@ import psutil
 import trio
 
 from orchestrator.bundled import LlamaServerBinary
-from orchestrator.watchdog import kill_registered
-from tests.conftest import free_port, pid_alive, poll_until, wait_until
+from orchestrator.watchdog import kill_registered, state_file_for
+from tests.conftest import free_port, make_config, pid_alive, poll_until, running_daemon, wait_until
 
 
 async def test_sigkilled_daemon_takes_its_children_along(
@@ -65,3 +66,32 @@ def test_a_reused_pid_is_never_killed() -> None:
         if unrelated.poll() is None:
             unrelated.kill()
             unrelated.wait()
+
+
+async def test_a_new_daemon_stops_what_an_earlier_instance_left_and_nothing_else(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    leftover = await trio.lowlevel.open_process(
+        [fake_binary.path, "--model", fake_model("left"), "--port", str(free_port())],
+        start_new_session=True,
+        stderr=subprocess.DEVNULL,
+    )
+    unrelated = await trio.lowlevel.open_process(["sleep", "30"], start_new_session=True)  # pid "reused"
+    try:
+        recorded = {
+            leftover.pid: psutil.Process(leftover.pid).create_time(),
+            unrelated.pid: psutil.Process(unrelated.pid).create_time() - 5.0,
+        }
+        state_file = state_file_for(0)
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps({str(pid): created for pid, created in recorded.items()}))
+        config = make_config(tmp_path, {"m": {"path": fake_model()}})
+        async with running_daemon(config, fake_binary):
+            await wait_until(lambda: leftover.poll() is not None, timeout_s=5)
+            assert unrelated.poll() is None  # never touched
+            assert json.loads(state_file.read_text()) == {}  # the new instance's own record
+    finally:
+        for process in (leftover, unrelated):
+            if process.poll() is None:
+                process.kill()
+            await process.wait()
