@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,7 +14,7 @@ import trio
 
 from orchestrator.bundled import LlamaServerBinary
 from orchestrator.runtime import Daemon, bind_address
-from tests.conftest import free_port, make_config, pid_alive, routes_for
+from tests.conftest import free_port, make_config, pid_alive, port_taken, routes_for
 
 
 def test_bind_address_brackets_ipv6() -> None:
@@ -83,10 +82,7 @@ def test_serve_with_a_bad_config_exits_1_before_starting_anything(tmp_path: Path
 
 def test_serve_on_a_taken_port_is_a_short_error(tmp_path: Path, fake_binary: LlamaServerBinary) -> None:
     (tmp_path / "m.gguf").write_text("{}")
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        port = squatter.getsockname()[1]
+    with port_taken() as port:
         config = f'[server]\nport = {port}\n[llama_server]\nbin = "{fake_binary.path}"\n'
         (tmp_path / "c.toml").write_text(config + '[models.m]\npath = "m.gguf"\n')
         result = run_serve(tmp_path / "c.toml")

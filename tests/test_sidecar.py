@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from orchestrator.policy import State, StopReason
 from orchestrator.procgroup import child_environment
 from orchestrator.runtime import upstream_client
 from orchestrator.sidecar import Sidecar
-from tests.conftest import free_port, make_config, pid_alive, routes_for, wait_until
+from tests.conftest import free_port, make_config, pid_alive, port_taken, routes_for, wait_until
 
 
 def sidecar_for(
@@ -161,10 +160,7 @@ async def test_taken_port_is_retried_on_another(
     tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
 ) -> None:
     config = make_config(tmp_path, {"m": {"path": fake_model()}})
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        taken = squatter.getsockname()[1]
+    with port_taken() as taken:
         other = free_port()
         async with upstream_client() as http, trio.open_nursery() as nursery:
             sidecar = sidecar_for(config, fake_binary, http, [taken, other])
@@ -178,10 +174,7 @@ async def test_every_port_taken_is_a_spawn_error_not_a_retry_loop(
     tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
 ) -> None:
     config = make_config(tmp_path, {"m": {"path": fake_model()}})
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        taken = squatter.getsockname()[1]
+    with port_taken() as taken:
         async with upstream_client() as http:
             sidecar = sidecar_for(config, fake_binary, http, [taken] * 3)
             with pytest.raises(SpawnError, match="could not bind a port 3 times in a row"):
