@@ -11,6 +11,7 @@ it never slows the child or the other subscribers.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +27,21 @@ from orchestrator.sidecar import Sidecar
 from orchestrator.stats import StatsSampler
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+# Re-reads the configuration and applies it; says what was kept and what stopped.
+Reloader = Callable[[], Awaitable[dict[str, Any]]]
 _NOT_FOUND_CLOSE = 4404  # websocket close code: no such sidecar
 
 
 class PoolView:
     """What the admin routes and feeds show about the pool."""
 
-    def __init__(self, pool: Pool, routes: RouteTable, stats: StatsSampler) -> None:
+    def __init__(self, pool: Pool, stats: StatsSampler) -> None:
         self.pool = pool
-        self.routes = routes
         self.stats = stats
+
+    @property
+    def routes(self) -> RouteTable:
+        return self.pool.routes  # the current ones: a reload applies at once
 
     def sidecars(self) -> list[dict[str, Any]]:
         usage = self.stats.latest["sidecars"]
@@ -79,15 +85,19 @@ def _not_found(ident: str) -> Response:
     return error_response(404, f"no sidecar matches {ident!r}", "invalid_request_error", "sidecar_not_found")
 
 
-def register_admin_routes(app: QuartTrio, pool: Pool, routes: RouteTable, stats: StatsSampler) -> None:
-    view = PoolView(pool, routes, stats)
-    _register_api(app, view)
+def register_admin_routes(app: QuartTrio, pool: Pool, stats: StatsSampler, reload: Reloader) -> None:
+    view = PoolView(pool, stats)
+    _register_api(app, view, reload)
     _register_feeds(app, view)
     _register_dashboard(app)
 
 
-def _register_api(app: QuartTrio, view: PoolView) -> None:
-    pool, routes = view.pool, view.routes
+def _register_api(app: QuartTrio, view: PoolView, reload: Reloader) -> None:
+    pool = view.pool
+
+    @app.post("/api/reload")
+    async def reload_config() -> dict[str, Any]:
+        return await reload()
 
     @app.get("/api/sidecars")
     async def list_sidecars() -> dict[str, Any]:
@@ -117,7 +127,7 @@ def _register_api(app: QuartTrio, view: PoolView) -> None:
 
     @app.post("/api/models/<name>/load")
     async def load_model(name: str) -> dict[str, Any]:
-        sidecar = await pool.preload(routes.resolve(name))
+        sidecar = await pool.preload(view.routes.resolve(name))
         return {"loaded": name, "sidecar": pool.describe_one(sidecar)}
 
     @app.get("/api/stats")

@@ -9,30 +9,29 @@ from quart import Response, has_request_context, has_websocket_context, request,
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from orchestrator.admin import register_admin_routes
+from orchestrator.admin import Reloader, register_admin_routes
 from orchestrator.app_resources import RequestResources
 from orchestrator.auth import AccessPolicy, presented_key
 from orchestrator.errors import OrchestratorError
 from orchestrator.httperrors import error_response, response_for
 from orchestrator.pool import Pool
 from orchestrator.proxy import register_openai_routes
-from orchestrator.routing import RouteTable
 from orchestrator.stats import StatsSampler
 
 log = logging.getLogger("orchestrator.app")
 
 
-def create_app(pool: Pool, routes: RouteTable, http: httpx.AsyncClient, stats: StatsSampler) -> QuartTrio:
+def create_app(pool: Pool, http: httpx.AsyncClient, stats: StatsSampler, reload: Reloader) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
     # Model responses can take minutes; these limits would cut them silently.
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["BODY_TIMEOUT"] = None
-    app.config["MAX_CONTENT_LENGTH"] = routes.config.server.max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = pool.routes.config.server.max_body_bytes  # fixed until restart
     app.asgi_app = RequestResources(app.asgi_app)  # type: ignore[method-assign]
 
-    policy = AccessPolicy(routes.config.server.api_keys, routes.config.server.admin_keys)
-
     def refusal() -> Response | None:
+        server = pool.routes.config.server  # keys may change on reload
+        policy = AccessPolicy(server.api_keys, server.admin_keys)
         connection = websocket if has_websocket_context() else request
         headers = connection.headers
         presented = presented_key(
@@ -67,7 +66,7 @@ def create_app(pool: Pool, routes: RouteTable, http: httpx.AsyncClient, stats: S
         elif status == 405:
             message, code = f"{request.method} is not allowed on {request.path}", "method_not_allowed"
         elif status == 413:
-            limit = routes.config.server.max_body_bytes
+            limit = app.config["MAX_CONTENT_LENGTH"]
             message, code = (
                 f"the request body is larger than {limit} bytes (server.max_body_bytes)",
                 "body_too_large",
@@ -86,6 +85,6 @@ def create_app(pool: Pool, routes: RouteTable, http: httpx.AsyncClient, stats: S
         log.error("unexpected error on %s", where, exc_info=error)
         return error_response(500, "internal error (logged by the daemon)", "server_error", "internal_error")
 
-    register_openai_routes(app, pool, routes, http)
-    register_admin_routes(app, pool, routes, stats)
+    register_openai_routes(app, pool, http)
+    register_admin_routes(app, pool, stats, reload)
     return app

@@ -79,13 +79,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         problem := exposure_problem(server.host, AccessPolicy(server.api_keys, server.admin_keys))
     ):
         raise CommandError(problem)
-    routes = build_routes(dataclasses.replace(config, server=server))
+
+    def load_routes() -> RouteTable:
+        fresh = _load(args.config) if args.config else config
+        return build_routes(
+            dataclasses.replace(
+                fresh, server=dataclasses.replace(fresh.server, host=server.host, port=server.port)
+            )
+        )
+
+    routes = load_routes()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)-7s %(message)s",
         stream=sys.stderr,
     )
-    run_trio(Daemon(routes).serve_until_signal)
+    run_trio(Daemon(routes, load_routes if args.config else None).serve_until_signal)
     return 0
 
 

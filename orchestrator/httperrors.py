@@ -9,6 +9,7 @@ from quart import Response
 from orchestrator.errors import (
     BackoffError,
     CapacityError,
+    ConfigError,
     FlagError,
     OrchestratorError,
     OverloadedError,
@@ -45,6 +46,10 @@ def response_for(error: OrchestratorError) -> Response:
         return error_response(504, str(error), "server_error", "sidecar_timeout")
     if isinstance(error, UpstreamError):
         return error_response(502, str(error), "server_error", "sidecar_failed")
+    if isinstance(error, ConfigError):
+        body = {"error": {"message": str(error), "type": "invalid_request_error", "code": "invalid_config"},
+                "problems": list(error.problems)}  # fmt: skip
+        return Response(json.dumps(body), status=400, content_type="application/json")
     if isinstance(error, FlagError):
         return error_response(400, str(error), "invalid_request_error", "invalid_llama_flags")
     return error_response(500, str(error), "server_error", "internal_error")

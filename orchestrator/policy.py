@@ -30,6 +30,7 @@ class StopReason(enum.Enum):
     MANUAL = "manual"  # someone asked (API, CLI, dashboard)
     RESTART = "restart"  # someone asked for a fresh one
     SHUTDOWN = "shutdown"  # the daemon is stopping
+    RELOAD = "reload"  # a config reload removed or changed what it serves
 
 
 @dataclass(frozen=True)

@@ -287,6 +287,23 @@ class Pool:
         await self.evict(key, StopReason.RESTART, "restarted on request")
         return await self.preload(sidecar.spec)
 
+    def apply(self, routes: RouteTable) -> tuple[list[str], list[str]]:
+        """Serve ``routes`` from now on: children they still need keep running, the others drain and stop.
+
+        Returns the keys kept and the keys stopping.
+        """
+        self.routes = routes
+        wanted = {routes.key_of(route.name) for route in routes.routes()}
+        kept, stopping = [], []
+        for sidecar in list(self._sidecars.values()):
+            if sidecar.key in wanted:
+                kept.append(sidecar.key)
+            else:
+                self._stop_soon(sidecar, StopReason.RELOAD, "no longer in the configuration, or changed")
+                stopping.append(sidecar.key)
+        self._notify()
+        return kept, stopping
+
     def close_feeds(self) -> None:
         """End every events and log subscription (the daemon is going away)."""
         self.events.close()

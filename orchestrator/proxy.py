@@ -22,7 +22,7 @@ from orchestrator.app_resources import request_resources
 from orchestrator.errors import FlagError, UpstreamError, UpstreamTimeoutError
 from orchestrator.httperrors import error_response
 from orchestrator.pool import Pool
-from orchestrator.routing import CHILD_HOST, RouteTable
+from orchestrator.routing import CHILD_HOST
 from orchestrator.sidecar import Sidecar
 
 log = logging.getLogger("orchestrator.proxy")
@@ -109,11 +109,15 @@ def request_flag_tokens(body: dict[str, Any], header: str | None) -> list[str]:
         raise FlagError([f"{REQUEST_FLAGS_HEADER} is not valid shell quoting: {error}"]) from error
 
 
-def register_openai_routes(app: QuartTrio, pool: Pool, routes: RouteTable, http: httpx.AsyncClient) -> None:
-    """POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models."""
-    idle_timeout = routes.config.llama_server.upstream_idle_timeout_s
+def register_openai_routes(app: QuartTrio, pool: Pool, http: httpx.AsyncClient) -> None:
+    """POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models.
+
+    The routes are the pool's current ones, read per request: a reload applies at once.
+    """
 
     async def forward() -> Response:
+        routes = pool.routes
+        idle_timeout = routes.config.llama_server.upstream_idle_timeout_s
         raw = await request.get_data(cache=False)
         assert isinstance(raw, bytes)
         try:
@@ -166,6 +170,7 @@ def register_openai_routes(app: QuartTrio, pool: Pool, routes: RouteTable, http:
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
+        routes = pool.routes
         return {
             "object": "list",
             "data": [

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import httpx
 import hypercorn.config
@@ -17,7 +19,7 @@ import hypercorn.trio
 import trio
 
 from orchestrator.app import create_app
-from orchestrator.errors import OrchestratorError, leaf_exceptions
+from orchestrator.errors import ConfigError, OrchestratorError, leaf_exceptions
 from orchestrator.pool import Pool
 from orchestrator.routing import RouteTable
 from orchestrator.stats import StatsSampler
@@ -46,9 +48,11 @@ def upstream_client() -> httpx.AsyncClient:
 class Daemon:
     """The whole orchestrator for one configuration."""
 
-    def __init__(self, routes: RouteTable) -> None:
+    def __init__(self, routes: RouteTable, load_routes: Callable[[], RouteTable] | None = None) -> None:
+        """``load_routes`` re-reads the configuration (blocking: run in a thread) for reloads."""
         self.config = routes.config
         self.routes = routes
+        self._load_routes = load_routes
         self.pool: Pool | None = None
         self._shutdown = trio.Event()
 
@@ -69,7 +73,7 @@ class Daemon:
             server_config.bind = [bind_address(self.config.server.host, self.config.server.port)]
             server_config.graceful_timeout = self.config.server.shutdown_grace_s
             server_config.accesslog = None
-            app = create_app(pool, self.routes, http, stats)
+            app = create_app(pool, http, stats, self.reload)
             async with trio.open_nursery() as server:
                 try:
                     binds = await server.start(
@@ -87,6 +91,24 @@ class Daemon:
             await pool.stop_all()
             nursery.cancel_scope.cancel()
 
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the configuration and apply it; ConfigError (old config kept) if it is invalid."""
+        if self._load_routes is None:
+            raise ConfigError(["this daemon was started without a config file: there is nothing to reload"])
+        assert self.pool is not None
+        routes = await trio.to_thread.run_sync(self._load_routes)  # ConfigError: nothing changes
+        if (routes.config.server.host, routes.config.server.port) != (
+            self.config.server.host,
+            self.config.server.port,
+        ):
+            log.warning("reload: server.host and server.port only change on a restart")
+        kept, stopping = self.pool.apply(routes)
+        self.routes, self.config = routes, routes.config
+        log.info(
+            "reloaded %s: kept %d sidecar(s), stopping %d", routes.config.source, len(kept), len(stopping)
+        )
+        return {"reloaded": routes.config.source, "kept": kept, "stopping": stopping}
+
     async def _close_feeds_on_shutdown(self, pool: Pool) -> None:
         # Websocket feeds never end on their own; hypercorn's drain would wait for them.
         await self._shutdown.wait()
@@ -100,8 +122,15 @@ class Daemon:
             nursery.cancel_scope.cancel()
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        watched = [signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+        with trio.open_signal_receiver(*watched) as signals:
             async for signum in signals:
+                if signum == getattr(signal, "SIGHUP", None):
+                    try:
+                        await self.reload()
+                    except ConfigError as error:
+                        log.error("reload refused; the old configuration stays:\n%s", error)
+                    continue
                 if self._shutdown.is_set():
                     log.warning("second %s: stopping at once", signal.Signals(signum).name)
                     scope.cancel()

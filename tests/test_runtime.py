@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -13,8 +14,10 @@ import pytest
 import trio
 
 from orchestrator.bundled import LlamaServerBinary
+from orchestrator.config import load_config
+from orchestrator.routing import RouteTable
 from orchestrator.runtime import Daemon, bind_address
-from tests.conftest import free_port, make_config, pid_alive, port_taken, routes_for
+from tests.conftest import free_port, make_config, pid_alive, port_taken, routes_for, wait_until
 
 
 def test_bind_address_brackets_ipv6() -> None:
@@ -109,3 +112,52 @@ async def test_shutdown_lets_an_in_flight_stream_finish_then_stops_the_child(
                 rest = [line async for line in lines]
         assert "data: [DONE]" in rest  # the request was not cut
     assert child.pid is not None and not pid_alive(child.pid)
+
+
+async def test_reload_keeps_unchanged_children_drains_the_rest_and_refuses_bad_configs(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    path = tmp_path / "c.toml"
+    paths = {name: fake_model(name, tokens=10, token_delay_s=0.05) for name in "abc"}
+
+    def write(models: dict[str, list[str]]) -> None:
+        entries = "".join(
+            f'[models.{name}]\npath = "{paths[name]}"\nflags = {json.dumps(flags)}\n'
+            for name, flags in models.items()
+        )
+        path.write_text("[server]\nport = 0\n[llama_server]\nhealth_interval_s = 0.2\n" + entries)
+
+    def load() -> RouteTable:
+        return routes_for(load_config(path), fake_binary)
+
+    write({"a": ["-c", "512"], "b": []})
+    daemon = Daemon(load(), load)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(daemon.run)
+        async with httpx.AsyncClient(timeout=30) as client:
+            a, b = [(await client.post(f"{url}/api/models/{n}/load")).json()["sidecar"] for n in "ab"]
+            write({"a": ["--ctx-size=512"], "c": []})  # a: the same flags spelled differently; b: gone
+            body = {"model": "b", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as in_flight:
+                lines = in_flight.aiter_lines()
+                await lines.__anext__()
+                reloaded = await client.post(f"{url}/api/reload")
+                assert reloaded.status_code == 200
+                assert reloaded.json()["kept"] == [a["key"]] and reloaded.json()["stopping"] == [b["key"]]
+                rest = [line async for line in lines]
+            assert "data: [DONE]" in rest  # b's request finished before b stopped
+            await wait_until(lambda: not pid_alive(b["pid"]))
+            [still] = [s for s in (await client.get(f"{url}/api/sidecars")).json()["sidecars"]]
+            assert still["pid"] == a["pid"]
+            names = {m["id"] for m in (await client.get(f"{url}/v1/models")).json()["data"]}
+            assert names == {"a", "c"}
+
+            write({"a": ["--port", "1"]})
+            refused = await client.post(f"{url}/api/reload")
+            assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_config"
+            assert any("--port is set by the supervisor" in p for p in refused.json()["problems"])
+            body = {"model": "c", "messages": [{"role": "user", "content": "hi"}]}
+            assert (
+                await client.post(f"{url}/v1/chat/completions", json=body)
+            ).status_code == 200  # old config
+        daemon.request_shutdown()
