@@ -118,8 +118,8 @@ class Pool:
             if sidecar.state is State.READY:
                 await self._queue_for(sidecar, deadline)
                 continue
-            if sidecar.failure is not None:
-                raise sidecar.failure
+            if sidecar.failure is not None and sidecar.stop_reason is None:
+                raise sidecar.failure  # it could not start
             # It is being stopped (evicted, unhealthy, or it died): wait, then respawn.
             await sidecar.wait_exited()
 
@@ -189,9 +189,11 @@ class Pool:
 
     def _record_failure(self, sidecar: Sidecar) -> None:
         """A child that could not start, or that exited without being asked to."""
+        if sidecar.stop_reason is not None:
+            return  # stopped on purpose (or for failing its health checks): not a crash
         if sidecar.failure is not None:
             failure = sidecar.failure
-        elif sidecar.stop_reason is None and sidecar.exit_code is not None:
+        elif sidecar.exit_code is not None:
             how = procgroup.describe_exit(sidecar.exit_code)
             failure = SpawnError(f"llama-server exited unexpectedly ({how})", sidecar.stderr.tail(20))
         else:

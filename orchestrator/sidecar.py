@@ -182,13 +182,14 @@ class Sidecar:
         self.port = port
         self.argv = self.spec.argv(port)
         self._port_taken = False
+        process: trio.Process | None = None
         async with trio.open_nursery() as pipes:
             async with trio.open_nursery() as life:
                 self._life = life.cancel_scope
                 if self._stop_requested:
                     life.cancel_scope.cancel()
                 try:
-                    process: trio.Process = await life.start(self._process)
+                    process = await life.start(self._process)
                 except OSError as error:
                     self.failure = SpawnError(f"cannot start {self.spec.binary.path}: {error}")
                     return False
@@ -211,6 +212,9 @@ class Sidecar:
                 else:
                     await self._serve_until_unhealthy(port, task_status)
                 life.cancel_scope.cancel()
+            if process is None:  # stopped before the process had even started
+                self.failure = SpawnError(f"llama-server was stopped before it started ({self.stop_detail})")
+                return False
             # The direct child has exited; now no one in its group may survive.
             procgroup.kill_group(process.pid)
             pipes.cancel_scope.deadline = trio.current_time() + PIPE_EOF_GRACE_S

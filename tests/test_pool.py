@@ -109,3 +109,20 @@ async def test_a_crash_looping_model_backs_off_and_fails_fast_with_its_stderr(
         assert pool._spawns[spec.key] == 3  # no more attempts than the rule allows
         [entry] = pool.backoffs()
         assert entry["key"] == spec.key and entry["failures"] == 3
+
+
+async def test_evicting_a_loading_child_hands_its_waiter_a_fresh_one_and_is_not_a_crash(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model(load_s=0.5)}})
+    async with running_pool(config, fake_binary) as pool:
+        spec = pool.routes.resolve("m")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.preload, spec)
+            await wait_until(lambda: (s := pool.get(spec.key)) is not None and s.pid is not None)
+            loading = pool.get(spec.key)
+            assert loading is not None and loading.state is State.STARTING
+            assert await pool.evict(spec.key)
+        [fresh] = pool.sidecars()
+        assert fresh is not loading and fresh.state is State.READY and fresh.restarts == 1
+        assert pool.backoffs() == [] and pool._failures == {}

@@ -202,3 +202,15 @@ async def test_real_corrupt_model_fails_fast_with_its_stderr(
             await sidecar.run()
     assert "exited while loading" in str(raised.value)
     assert any("corrupt.gguf" in line or "failed" in line.lower() for line in raised.value.stderr_tail)
+
+
+async def test_a_sidecar_stopped_before_its_process_started_never_starts_one(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model()}})
+    async with upstream_client() as http, trio.open_nursery() as nursery:
+        sidecar = sidecar_for(config, fake_binary, http, [free_port()])
+        nursery.start_soon(sidecar.stop, StopReason.MANUAL, "evicted at once", 1.0)
+        with pytest.raises(SpawnError, match=r"stopped before it started \(evicted at once\)"):
+            await sidecar.run()
+    assert sidecar.pid is None and sidecar.state is State.EXITED
