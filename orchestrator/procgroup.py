@@ -57,7 +57,7 @@ def kill_group(pid: int) -> None:
     Called once the direct child has exited too: a grandchild that ignored
     SIGTERM would otherwise survive and keep the stderr pipe open.
     """
-    if IS_WINDOWS:
+    if sys.platform == "win32":
         _kill_descendants(pid)
         return
     with contextlib.suppress(ProcessLookupError):  # the group is already empty

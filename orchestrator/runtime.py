@@ -23,7 +23,7 @@ from orchestrator.errors import ConfigError, OrchestratorError, leaf_exceptions
 from orchestrator.pool import Pool
 from orchestrator.routing import RouteTable
 from orchestrator.stats import StatsSampler
-from orchestrator.watchdog import Watchdog, state_file_for
+from orchestrator.watchdog import Watchdog, own_state_file
 
 log = logging.getLogger("orchestrator")
 
@@ -62,7 +62,7 @@ class Daemon:
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``request_shutdown``; started() with the base URL once listening."""
         async with upstream_client() as http, trio.open_nursery() as nursery:
-            watchdog = Watchdog(state_file_for(self.config.server.port))
+            watchdog = Watchdog(own_state_file())
             await nursery.start(watchdog.run)
             pool = self.pool = Pool(self.routes, http, watchdog)
             await nursery.start(pool.run)

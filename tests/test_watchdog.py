@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import psutil
 import trio
 
 from orchestrator.bundled import LlamaServerBinary
-from orchestrator.watchdog import kill_registered, state_file_for
+from orchestrator.watchdog import kill_registered, state_dir
 from tests.conftest import free_port, make_config, pid_alive, poll_until, running_daemon, wait_until
 
 
@@ -68,7 +69,7 @@ def test_a_reused_pid_is_never_killed() -> None:
             unrelated.wait()
 
 
-async def test_a_new_daemon_stops_what_an_earlier_instance_left_and_nothing_else(
+async def test_a_new_daemon_stops_what_a_dead_instance_left_and_nothing_else(
     tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
 ) -> None:
     leftover = await trio.lowlevel.open_process(
@@ -78,20 +79,40 @@ async def test_a_new_daemon_stops_what_an_earlier_instance_left_and_nothing_else
     )
     unrelated = await trio.lowlevel.open_process(["sleep", "30"], start_new_session=True)  # pid "reused"
     try:
-        recorded = {
-            leftover.pid: psutil.Process(leftover.pid).create_time(),
-            unrelated.pid: psutil.Process(unrelated.pid).create_time() - 5.0,
+        children = {
+            str(leftover.pid): psutil.Process(leftover.pid).create_time(),
+            str(unrelated.pid): psutil.Process(unrelated.pid).create_time() - 5.0,
         }
-        state_file = state_file_for(0)
+        dead_owner = {"pid": os.getpid(), "created": 1.0}  # this pid, but not the process that wrote it
+        state_file = state_dir() / "children-999999-0.json"
         state_file.parent.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps({str(pid): created for pid, created in recorded.items()}))
+        state_file.write_text(json.dumps({"owner": dead_owner, "children": children}))
         config = make_config(tmp_path, {"m": {"path": fake_model()}})
         async with running_daemon(config, fake_binary):
             await wait_until(lambda: leftover.poll() is not None, timeout_s=5)
             assert unrelated.poll() is None  # never touched
-            assert json.loads(state_file.read_text()) == {}  # the new instance's own record
+            assert not state_file.exists()  # swept and forgotten
     finally:
         for process in (leftover, unrelated):
             if process.poll() is None:
                 process.kill()
             await process.wait()
+
+
+async def test_a_second_daemon_leaves_a_live_daemons_children_alone(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model()}})
+    async with running_daemon(config, fake_binary) as (url, _first), httpx.AsyncClient(timeout=30) as client:
+        child = (await client.post(f"{url}/api/models/m/load")).json()["sidecar"]["pid"]
+        [recorded] = [
+            json.loads(path.read_text()) for path in state_dir().glob("children-*.json")
+            if str(child) in path.read_text()
+        ]  # fmt: skip
+        assert recorded["owner"]["pid"] == os.getpid()
+        async with running_daemon(config, fake_binary) as (other_url, _second):
+            assert (await client.get(f"{other_url}/health")).status_code == 200
+            assert pid_alive(child)  # the second daemon's sweep skipped the live owner's file
+            ours = [p for p in state_dir().glob("children-*.json") if f"children-{os.getpid()}-" in p.name]
+            assert len(ours) == 2  # one file per daemon, though both listen on port 0
+    assert not any(path.exists() for path in ours)  # clean exits leave nothing to sweep
