@@ -10,9 +10,9 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -22,9 +22,11 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 from orchestrator import flags as flagmod
 from orchestrator import llamaswap
 from orchestrator.auth import AccessPolicy, exposure_problem
-from orchestrator.bundled import LlamaServerBinary, demo_config, find_llama_server, resolve_binaries
+from orchestrator.bench.cli import add_bench_parser
+from orchestrator.bundled import LlamaServerBinary, find_llama_server, resolve_binaries
+from orchestrator.clisupport import CommandError, load_cli_config, run_trio
 from orchestrator.config import Config, load_config
-from orchestrator.errors import ConfigError, FlagError, OrchestratorError, leaf_exceptions
+from orchestrator.errors import ConfigError, FlagError, OrchestratorError
 from orchestrator.flags import FlagTable
 from orchestrator.flagtable import load_flag_table
 from orchestrator.pool import Pool
@@ -32,35 +34,6 @@ from orchestrator.routing import CHILD_HOST, RouteTable
 from orchestrator.runtime import Daemon, upstream_client
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-T = TypeVar("T")
-
-
-class CommandError(OrchestratorError):
-    """A CLI command failed in a way the user can act on; printed without a traceback."""
-
-
-def run_trio(async_fn: Callable[..., Awaitable[T]], *args: object) -> T:
-    """trio.run, with an OrchestratorError raised inside nurseries unwrapped for a clean message."""
-    try:
-        return trio.run(async_fn, *args)
-    except BaseExceptionGroup as group:
-        matched, rest = group.split(OrchestratorError)
-        if matched is None or rest is not None:
-            raise
-        raise leaf_exceptions(matched)[0] from group
-
-
-def flag_table_for(setting: str | None) -> FlagTable:
-    """The flags of the binary a ``bin`` setting names (None: the default one)."""
-    return load_flag_table(find_llama_server(setting))
-
-
-def _load(path: str | None) -> Config:
-    """A validated config: flags checked against what each model's binary declares."""
-    config = load_config(path, flag_table_for) if path else demo_config()
-    for note in config.notes:
-        print(f"note: {note}", file=sys.stderr)
-    return config
 
 
 def build_routes(config: Config) -> RouteTable:
@@ -69,7 +42,7 @@ def build_routes(config: Config) -> RouteTable:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = load_cli_config(args.config)
     server = dataclasses.replace(
         config.server,
         host=args.host or config.server.host,
@@ -81,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError(problem)
 
     def load_routes() -> RouteTable:
-        fresh = _load(args.config) if args.config else config
+        fresh = load_cli_config(args.config) if args.config else config
         return build_routes(
             dataclasses.replace(
                 fresh, server=dataclasses.replace(fresh.server, host=server.host, port=server.port)
@@ -94,6 +67,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)-7s %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request to a child (and every health check) at INFO: noise, and CPU per request.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     run_trio(Daemon(routes, load_routes if args.config else None).serve_until_signal)
     return 0
 
@@ -125,7 +100,7 @@ async def _doctor(routes: RouteTable) -> str:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.CRITICAL)  # the outcome printed below says it all
-    routes = build_routes(_load(args.config))
+    routes = build_routes(load_cli_config(args.config))
     first = routes.routes()[0]
     print(f"llama-server: {first.binary.path} ({first.binary.origin})")
     print(f"model: {first.model.path}")
@@ -400,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     flags_list = flag_commands.add_parser("list", help="the flags the binary declares; owned ones marked")
     flags_list.add_argument("--bin", help="the llama-server to ask (default: as serve finds it)")
     flags_list.set_defaults(handler=cmd_flags_list)
+    add_bench_parser(commands)
     return parser
 
 

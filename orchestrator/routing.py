@@ -56,14 +56,16 @@ class Route:
     binary: LlamaServerBinary
     idle_ttl_s: float
     allow_request_flags: bool
+    # The model's and the binary's identity, taken when the config was loaded: a replaced
+    # file gets a new key on the next reload (and no file is read per request).
+    identity: str
 
     def spec(self, request_flags: Sequence[Flag] = ()) -> SidecarSpec:
         """The child for this route, with ``request_flags`` as the most explicit layer."""
         merged = flagmod.merge_layers((*self.layers, tuple(request_flags)))
         inherited = merged[0]
         explicit = flagmod.canonicalise(flag for layer in merged[1:] for flag in layer)
-        identity = f"{self.model.identity}|{self.binary.identity}"
-        key = flagmod.sidecar_key(identity, flagmod.canonicalise((*inherited, *explicit)))
+        key = flagmod.sidecar_key(self.identity, flagmod.canonicalise((*inherited, *explicit)))
         return SidecarSpec(
             key, self.model.name, self.model.path, self.binary, inherited, explicit, self.idle_ttl_s
         )
@@ -86,14 +88,13 @@ class RouteTable:
         for model in config.models.values():
             binary = binaries[config.bin_for(model)]
             model_ttl = ttl if model.ttl_s is None else model.ttl_s
-            route = Route(
-                model.name, "model", model, (base, model.flags), binary, model_ttl, model.allow_request_flags
-            )
+            identity = f"{model.identity}|{binary.identity}"
+            layers = (base, model.flags)
+            allow = model.allow_request_flags
+            route = Route(model.name, "model", model, layers, binary, model_ttl, allow, identity)
             routes[model.name] = route
             for alias in model.aliases:
-                routes[alias] = Route(
-                    alias, "alias", model, route.layers, binary, model_ttl, model.allow_request_flags
-                )
+                routes[alias] = Route(alias, "alias", model, layers, binary, model_ttl, allow, identity)
         for agent in config.agents.values():
             parent = routes[agent.model]
             routes[agent.name] = Route(
@@ -104,9 +105,10 @@ class RouteTable:
                 parent.binary,
                 parent.idle_ttl_s,
                 agent.allow_request_flags,
+                parent.identity,
             )
         self._routes: Mapping[str, Route] = routes
-        self._keys = {name: route.spec().key for name, route in routes.items()}
+        self._specs = {name: route.spec() for name, route in routes.items()}  # the per-request fast path
 
     def route(self, name: str) -> Route:
         found = self._routes.get(name)
@@ -118,7 +120,7 @@ class RouteTable:
         """The spec for a request naming ``name``, with its per-request flags if it has any."""
         route = self.route(name)
         if not request_tokens:
-            return route.spec()
+            return self._specs[name]
         if not route.allow_request_flags:
             refusal = f"{route.kind} {name!r} does not accept per-request flags"
             raise FlagError([f"{refusal} (its config would need allow_request_flags = true)"])
@@ -129,8 +131,8 @@ class RouteTable:
         return list(self._routes.values())
 
     def key_of(self, name: str) -> str:
-        return self._keys[name]
+        return self._specs[name].key
 
     def users(self, key: str) -> list[str]:
         """The agents and models (not aliases) whose requests land on ``key`` without extra flags."""
-        return [r.name for r in self._routes.values() if self._keys[r.name] == key and r.kind != "alias"]
+        return [r.name for r in self._routes.values() if self._specs[r.name].key == key and r.kind != "alias"]

@@ -53,7 +53,7 @@ class StatsSampler:
     def _sample(self, pids: Mapping[str, int]) -> dict[str, Any]:
         seen: set[tuple[int, float]] = set()
         sidecars = {key: asdict(self._usage(pid, seen, tree=True)) for key, pid in pids.items()}
-        daemon = asdict(self._usage(os.getpid(), seen, tree=False))
+        daemon = {"pid": os.getpid(), **asdict(self._usage(os.getpid(), seen, tree=False))}
         for gone in set(self._processes) - seen:
             del self._processes[gone]
         total = daemon["rss_bytes"] + sum(u["rss_bytes"] for u in sidecars.values())

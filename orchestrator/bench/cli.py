@@ -1,0 +1,197 @@
+"""`orchestrator bench overhead | cold | sweep`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from orchestrator.bench.cold import ColdPlan, measure_cold, render_cold
+from orchestrator.bench.overhead import OverheadPlan, measure_overhead, render_overhead
+from orchestrator.bench.sweep import SweepPlan, parse_variants, run_sweep
+from orchestrator.bench.target import BenchError, Target, attached_daemon, daemon_document, spawned_daemon
+from orchestrator.clisupport import load_cli_config, run_trio
+
+
+def _say(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def _integers(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 1,4,16, got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+@asynccontextmanager
+async def _target(args: argparse.Namespace, document: Callable[[], dict[str, Any]]) -> AsyncIterator[Target]:
+    """The daemon at --url, or one started for this run from ``document()``."""
+    if args.url:
+        yield await attached_daemon(args.url.rstrip("/"), args.key)
+        return
+    async with spawned_daemon(document()) as target:
+        _say(f"started a daemon at {target.url} (pid {target.pid})")
+        yield target
+
+
+def _write_json(path: str | None, report: dict[str, Any]) -> None:
+    if path:
+        Path(path).write_text(json.dumps(report, indent=2) + "\n", "utf-8")
+        _say(f"wrote {path}")
+
+
+def _model_name(args: argparse.Namespace, names: list[str]) -> str:
+    if args.model:
+        return str(args.model)
+    if not names:
+        raise BenchError("the config has no models")
+    return names[0]
+
+
+def cmd_overhead(args: argparse.Namespace) -> int:
+    config = None if args.url else load_cli_config(args.config)
+    model = _model_name(args, list(config.models) if config else [])
+    plan = OverheadPlan(
+        model=model,
+        small_requests=args.requests,
+        streams=args.streams,
+        stream_tokens=args.tokens,
+        concurrency=args.concurrency,
+        compare_url=args.compare,
+        compare_model=args.compare_model,
+    )
+
+    async def run() -> dict[str, Any]:
+        assert config is not None or args.url
+        # A second, idle child too: the daemon's memory is reported with two children.
+        models = {model: [], f"{model}@idle": ["--threads", "1"]} if config else {}
+        async with _target(args, lambda: daemon_document(config, models)) as target:  # type: ignore[arg-type]
+            if config:
+                await _preload(target, f"{model}@idle")
+            return await measure_overhead(target, plan, _say)
+
+    report = run_trio(run)
+    print(render_overhead(report))
+    _write_json(args.json, report)
+    return 0
+
+
+async def _preload(target: Target, name: str) -> None:
+    async with httpx.AsyncClient(timeout=120, trust_env=False) as client:
+        response = await client.post(f"{target.url}/api/models/{name}/load", headers=dict(target.headers))
+        if response.status_code != 200:
+            raise BenchError(f"{name} did not start: {response.text[:300]}")
+
+
+def cmd_cold(args: argparse.Namespace) -> int:
+    config = None if args.url else load_cli_config(args.config)
+    names = list(config.models) if config else []
+    first = _model_name(args, names)
+    second = args.swap_with or (names[1] if len(names) > 1 else f"{first}@b")
+    plan = ColdPlan(first, second, repetitions=args.repeat)
+
+    def document() -> dict[str, Any]:
+        assert config is not None
+        models = {first: [], second: [] if second in config.models else ["--ctx-size", "1024"]}
+        return daemon_document(config, models, pool={"max_sidecars": 1})
+
+    async def run() -> dict[str, Any]:
+        async with _target(args, document) as target:
+            return await measure_cold(target, plan, _say)
+
+    report = run_trio(run)
+    print(render_cold(report))
+    _write_json(args.json, report)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    config = load_cli_config(args.config)
+    models = args.models.split(",") if args.models else list(config.models)
+    unknown = [name for name in models if name not in config.models]
+    if unknown:
+        raise BenchError(f"not in the config: {', '.join(unknown)}; it has {', '.join(config.models)}")
+    plan = SweepPlan(
+        models=tuple(models),
+        variants=parse_variants(args.variant),
+        prompt_tokens=args.prompt_tokens,
+        output_tokens=args.output_tokens,
+        repetitions=args.repeat,
+        concurrency=args.concurrency,
+        ctx_size=args.ctx_size,
+    )
+    out = Path(args.out)
+
+    async def run() -> None:
+        pool = {"max_sidecars": 1}  # one model at a time: no child competes with the one measured
+        async with _target(args, lambda: daemon_document(config, pool=pool)) as target:
+            await run_sweep(target, config, plan, out, _say)
+
+    run_trio(run)
+    return 0
+
+
+def add_bench_parser(commands: Any) -> None:
+    """Register `bench` and its three tools on the top-level subcommands."""
+    bench = commands.add_parser("bench", help="benchmarks: proxy overhead, cold starts, throughput sweep")
+    tools = bench.add_subparsers(dest="bench_command", required=True, metavar="TOOL")
+
+    def common(parser: argparse.ArgumentParser, *, attach: bool = True) -> None:
+        parser.add_argument("--config", metavar="PATH", help="models from this config (default: the demo)")
+        if attach:
+            parser.add_argument("--url", help="use the daemon running at URL instead of starting one")
+            parser.add_argument(
+                "--key", default=os.environ.get("ORCHESTRATOR_KEY"), help="its key ($ORCHESTRATOR_KEY)"
+            )
+        parser.add_argument("--json", metavar="PATH", help="also write the full report as JSON")
+
+    overhead = tools.add_parser("overhead", help="the proxy's cost against the same child reached directly")
+    common(overhead)
+    overhead.add_argument("--model", help="model or agent to measure (default: the first configured)")
+    overhead.add_argument("--requests", type=int, default=100, help="small requests per endpoint (100)")
+    overhead.add_argument("--streams", type=int, default=12, help="streams per endpoint (12)")
+    overhead.add_argument("--tokens", type=int, default=64, help="tokens per stream (64)")
+    overhead.add_argument("--concurrency", type=_integers, default=(1, 4, 16), help="levels (1,4,16)")
+    overhead.add_argument("--compare", metavar="URL", help="another OpenAI-compatible server, same model")
+    overhead.add_argument("--compare-model", metavar="NAME", help="the model's name there")
+    overhead.set_defaults(handler=cmd_overhead)
+
+    cold = tools.add_parser("cold", help="cold start to first token, readiness lag, and A -> B -> A swaps")
+    common(cold)
+    cold.add_argument("--model", help="model A (default: the first configured)")
+    cold.add_argument(
+        "--swap-with", metavar="NAME", help="model B (default: the second, or A with other flags)"
+    )
+    cold.add_argument("--repeat", type=int, default=3, help="repetitions (3)")
+    cold.set_defaults(handler=cmd_cold)
+
+    sweep = tools.add_parser("sweep", help="throughput across models and flag variants, resumable")
+    common(sweep)
+    sweep.add_argument("--models", help="comma-separated model names (default: every configured model)")
+    sweep.add_argument(
+        "--variant",
+        action="append",
+        metavar="NAME=FLAGS",
+        help='a named flag set, e.g. baseline= or "mtp=--spec-type draft-mtp --spec-draft-n-max 3" '
+        "(repeatable; default: baseline only)",
+    )
+    sweep.add_argument("--prompt-tokens", type=int, default=512, help="prompt length (512)")
+    sweep.add_argument("--output-tokens", type=int, default=128, help="tokens generated (128)")
+    sweep.add_argument("--repeat", type=int, default=3, help="repetitions per cell (3)")
+    sweep.add_argument("--concurrency", type=_integers, default=(1,), help="levels (1)")
+    sweep.add_argument("--ctx-size", type=int, help="override --ctx-size on every model")
+    sweep.add_argument("--out", default="bench-results", help="results directory (bench-results)")
+    sweep.set_defaults(handler=cmd_sweep)

@@ -1,0 +1,83 @@
+"""One request, timed from the client's side: latency, or TTFT and the gaps between streamed tokens."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+@dataclass(frozen=True)
+class StreamSample:
+    """A streamed completion as the client saw it."""
+
+    ttft_s: float  # request sent to first content
+    total_s: float  # request sent to the end of the stream
+    gaps_s: tuple[float, ...]  # between consecutive content chunks (ITL)
+    chunks: int  # content chunks received (one token each for llama-server)
+    timings: dict[str, Any] = field(default_factory=dict)  # llama-server's own, from the last chunk
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generation rate after the first token, as the client saw it."""
+        span = self.total_s - self.ttft_s
+        return (self.chunks - 1) / span if self.chunks > 1 and span > 0 else 0.0
+
+
+class RequestFailed(Exception):
+    """A benchmark request got an error status or a broken stream."""
+
+
+def _content(chunk: dict[str, Any]) -> str:
+    choices = chunk.get("choices") or [{}]
+    first = choices[0]
+    return str((first.get("delta") or {}).get("content") or first.get("text") or "")
+
+
+async def stream(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> StreamSample:
+    """POST ``body`` (with stream on) to ``url`` and time every content chunk."""
+    started = time.perf_counter()
+    arrivals: list[float] = []
+    timings: dict[str, Any] = {}
+    async with client.stream("POST", url, json={**body, "stream": True}, headers=headers) as response:
+        if response.status_code != 200:
+            raise RequestFailed(f"{url}: HTTP {response.status_code}: {(await response.aread())[:300]!r}")
+        done = False
+        async for line in response.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            if line == "data: [DONE]":
+                done = True
+                break
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                raise RequestFailed(f"{url}: error event: {chunk['error']}")
+            if _content(chunk):
+                arrivals.append(time.perf_counter())
+            timings = chunk.get("timings") or timings
+        if not done:
+            raise RequestFailed(f"{url}: the stream ended without [DONE]")
+    finished = time.perf_counter()
+    if not arrivals:
+        raise RequestFailed(f"{url}: the stream carried no content")
+    gaps = tuple(later - earlier for earlier, later in itertools.pairwise(arrivals))
+    return StreamSample(arrivals[0] - started, finished - started, gaps, len(arrivals), timings)
+
+
+async def post(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[float, dict[str, Any]]:
+    """POST ``body`` (not streamed); (seconds until the whole response was read, its JSON)."""
+    started = time.perf_counter()
+    response = await client.post(url, json=body, headers=headers)
+    elapsed = time.perf_counter() - started
+    if response.status_code != 200:
+        raise RequestFailed(f"{url}: HTTP {response.status_code}: {response.text[:300]}")
+    payload: dict[str, Any] = response.json()
+    return elapsed, payload

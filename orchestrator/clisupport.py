@@ -1,0 +1,45 @@
+"""What every CLI command shares: loading the config, running trio, errors worth one short line."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import trio
+
+from orchestrator.bundled import demo_config, find_llama_server
+from orchestrator.config import Config, load_config
+from orchestrator.errors import OrchestratorError, leaf_exceptions
+from orchestrator.flags import FlagTable
+from orchestrator.flagtable import load_flag_table
+
+T = TypeVar("T")
+
+
+class CommandError(OrchestratorError):
+    """A CLI command failed in a way the user can act on; printed without a traceback."""
+
+
+def run_trio(async_fn: Callable[..., Awaitable[T]], *args: object) -> T:
+    """trio.run, with an OrchestratorError raised inside nurseries unwrapped for a clean message."""
+    try:
+        return trio.run(async_fn, *args)
+    except BaseExceptionGroup as group:
+        matched, rest = group.split(OrchestratorError)
+        if matched is None or rest is not None:
+            raise
+        raise leaf_exceptions(matched)[0] from group
+
+
+def flag_table_for(setting: str | None) -> FlagTable:
+    """The flags of the binary a ``bin`` setting names (None: the default one)."""
+    return load_flag_table(find_llama_server(setting))
+
+
+def load_cli_config(path: str | None) -> Config:
+    """A validated config: flags checked against what each model's binary declares."""
+    config = load_config(path, flag_table_for) if path else demo_config()
+    for note in config.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return config
