@@ -12,8 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python=${PYTHON:-python3}
-extras=llama
-if [ "${1:-}" = "--dev" ]; then extras=llama,dev; fi
+extras=llama,bench
+if [ "${1:-}" = "--dev" ]; then extras=llama,bench,dev; fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip

@@ -100,6 +100,7 @@ class Chaos:
         self.outcomes: list[int] = []
         self.errors: list[str] = []
         self.served: set[str] = set()
+        self.evictions = 0
         self.stopped: set[int] = set()
         self.history: list[str] = []
 
@@ -130,6 +131,13 @@ class Chaos:
         finally:
             self.outstanding -= 1
 
+    async def evict(self, client: httpx.AsyncClient, key: str) -> None:
+        with trio.fail_after(REQUEST_DEADLINE_S):
+            response = await client.delete(f"{self.url}/api/sidecars/{key}")
+        assert response.status_code in (200, 404), response.text  # 404: it exited meanwhile
+        if response.status_code == 200:
+            self.evictions += 1
+
     def live_children(self) -> list[tuple[str, int]]:
         return [(s.label, s.pid) for s in self.pool.sidecars() if s.pid is not None and pid_alive(s.pid)]
 
@@ -157,7 +165,7 @@ class Chaos:
             return f"sigcont {pid}"
         if action == "evict" and self.pool.sidecars():
             key = self.rng.choice(self.pool.sidecars()).key
-            nursery.start_soon(client.post, f"{self.url}/api/sidecars/{key}/evict")
+            nursery.start_soon(self.evict, client, key)
             return f"evict {key[:8]}"
         if action == "reload":
             self.a_changed = not self.a_changed
@@ -233,3 +241,4 @@ async def test_seeded_chaos_keeps_the_pool_consistent_and_resolves_every_request
     print(f"chaos: {len(chaos.outcomes)} requests resolved: {statuses}; served {sorted(chaos.served)}")
     assert {error.split(":")[0] for error in chaos.errors} <= EXPECTED_ERRORS, sorted(set(chaos.errors))
     assert chaos.served == set("abc")  # faults were injected, not a total outage
+    assert chaos.evictions > 0  # the manual evictions really happened

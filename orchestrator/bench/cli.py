@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -118,7 +119,17 @@ def cmd_cold(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_bench_extra() -> None:
+    missing = [name for name in ("rich", "matplotlib", "gguf") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise BenchError(
+            f"bench sweep needs {', '.join(missing)}: pip install 'llama-sidecar[bench]' "
+            "(ops/install.sh installs it)"
+        )
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
+    _require_bench_extra()
     config = load_cli_config(args.config)
     models = args.models.split(",") if args.models else list(config.models)
     unknown = [name for name in models if name not in config.models]

@@ -46,7 +46,13 @@ class Target:
     async def evict_all(self, client: httpx.AsyncClient) -> None:
         """Stop every child, so the next request for a model is a cold start."""
         for sidecar in await self.sidecars(client):
-            await client.post(f"{self.url}/api/sidecars/{sidecar['key']}/evict", headers=dict(self.headers))
+            response = await client.delete(
+                f"{self.url}/api/sidecars/{sidecar['key']}", headers=dict(self.headers)
+            )
+            if response.status_code not in (200, 404):  # 404: it exited meanwhile
+                raise BenchError(
+                    f"cannot stop {sidecar['model']}: HTTP {response.status_code} {response.text}"
+                )
 
 
 def daemon_document(

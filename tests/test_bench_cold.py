@@ -1,0 +1,31 @@
+"""`bench cold` on SmolLM2: a cold start split into llama-server's load and the daemon's part, and swaps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+
+
+@pytest.mark.real
+def test_cold_start_and_swaps_are_measured_and_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report_path = tmp_path / "cold.json"
+    assert main(["bench", "cold", "--repeat", "2", "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["plan"]["first"] == "smollm2" and report["plan"]["second"] == "smollm2@b"
+    for phase in ("cold", "swap_to_b", "swap_back_to_a"):
+        assert len(report["runs"][phase]) == 2
+        for run in report["runs"][phase]:
+            assert run["ttft_ms"] > run["llama_load_ms"] > 0
+            assert run["spawn_ms"] > 0
+            assert 0 <= run["readiness_lag_ms"] < 1000
+    warm_ttft, _ = report["warm_ttft_ms"]
+    cold_ttft, _ = report["summary"]["cold"]["ttft_ms"]
+    assert 0 < warm_ttft < cold_ttft  # a cold start costs a load
+    printed = capsys.readouterr().out
+    assert "readiness lag" in printed and "swap to smollm2@b" in printed
