@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -91,7 +92,7 @@ def sweep_command(out: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def records(out: Path) -> list[dict[str, object]]:
+def records(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
 
@@ -128,7 +129,8 @@ async def test_sweep_on_smollm2_resumes_after_an_interruption_without_gaps_or_du
             continue
         assert record["status"] == "ok"
         for field in ("prompt_tokens_per_s", "gen_tokens_per_s", "client_gen_tokens_per_s", "ttft_ms"):
-            assert isinstance(record[field], float) and record[field] > 0, (field, record)
+            value = record[field]
+            assert isinstance(value, float) and value > 0, (field, record)
         assert record["prompt_n"] == [pytest.approx(64, abs=16)]  # about the length asked for
         argv = record["argv"]
         assert isinstance(argv, list) and "--model" in argv
