@@ -83,11 +83,11 @@ def test_mtp_is_skipped_with_the_reason_on_a_gguf_without_nextn_layers(tmp_path:
 
 
 def sweep_command(out: Path) -> list[str]:
-    # Three variants x 2 repetitions on SmolLM2, short: pp64 / tg16.
+    # Four variants x 2 repetitions on SmolLM2, short: pp64 / tg16.
     return [
         sys.executable, "-m", "orchestrator", "bench", "sweep",
         "--variant", "baseline=", "--variant", "t1=-t 1",
-        "--variant", "mtp=--spec-type draft-mtp --spec-draft-n-max 3",
+        "--variant", "mtp=--spec-type draft-mtp --spec-draft-n-max 3", "--variant", "bad=--ctx-size lots",
         "--prompt-tokens", "64", "--output-tokens", "16", "--repeat", "2", "--out", str(out),
     ]  # fmt: skip
 
@@ -114,18 +114,21 @@ async def test_sweep_on_smollm2_resumes_after_an_interruption_without_gaps_or_du
             first.kill()
             await first.wait()
     done_before = len(records(out))
-    assert 2 <= done_before < 6
+    assert 2 <= done_before < 8
     rerun = await trio.run_process(sweep_command(out), capture_stderr=True, env=env, check=False)
     assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
-    assert f"{done_before} cells done, {6 - done_before} to run" in rerun.stderr.decode()
+    assert f"{done_before} cells done, {8 - done_before} to run" in rerun.stderr.decode()
 
     results = records(out)
     ids = [str(r["cell"]) for r in results]
-    expected = [f"smollm2|{v}|c1|r{r}" for v in ("baseline", "t1", "mtp") for r in (0, 1)]
+    expected = [f"smollm2|{v}|c1|r{r}" for v in ("baseline", "t1", "mtp", "bad") for r in (0, 1)]
     assert sorted(ids) == sorted(expected)  # no gaps, no duplicates
     for record in results:
         if record["variant"] == "mtp":  # SmolLM2 has no nextn layers
             assert record["status"] == "skipped" and "nextn" in str(record["reason"])
+            continue
+        if record["variant"] == "bad":  # refused by the daemon's flag check: reported, not a crash
+            assert record["status"] == "failed" and "--ctx-size" in str(record["reason"])
             continue
         assert record["status"] == "ok"
         for field in ("prompt_tokens_per_s", "gen_tokens_per_s", "client_gen_tokens_per_s", "ttft_ms"):
@@ -138,7 +141,7 @@ async def test_sweep_on_smollm2_resumes_after_an_interruption_without_gaps_or_du
 
     with (out / "results.csv").open() as file:
         rows = list(csv.DictReader(file))
-    assert len(rows) == 6 and {row["status"] for row in rows} == {"ok", "skipped"}
+    assert len(rows) == 8 and {row["status"] for row in rows} == {"ok", "skipped", "failed"}
     table = (out / "results.md").read_text()
     assert "| smollm2 | t1 | 1 | 2 |" in table and "x |" in table  # mean ± sd and a speedup
     assert "skipped: MTP needs nextn layers" in table

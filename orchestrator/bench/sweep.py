@@ -168,19 +168,22 @@ def request_body(plan: SweepPlan, cell: Cell) -> dict[str, Any]:
 async def run_cell(client: httpx.AsyncClient, target: Target, plan: SweepPlan, cell: Cell) -> dict[str, Any]:
     """``concurrency`` identical requests at once; per-request figures and the cell's aggregate."""
     samples: list[measure.StreamSample] = []
+    failures: list[str] = []
 
     async def one() -> None:
-        samples.append(
-            await measure.stream(
-                client, f"{target.url}/v1/completions", request_body(plan, cell), dict(target.headers)
-            )
-        )
+        url = f"{target.url}/v1/completions"
+        try:
+            samples.append(await measure.stream(client, url, request_body(plan, cell), dict(target.headers)))
+        except (measure.RequestFailed, httpx.HTTPError) as error:  # the cell fails; the sweep goes on
+            failures.append(str(error) or type(error).__name__)
 
     started = time.perf_counter()
     async with trio.open_nursery() as nursery:
         for _ in range(cell.concurrency):
             nursery.start_soon(one)
     wall = time.perf_counter() - started
+    if failures:
+        raise measure.RequestFailed(f"{len(failures)} of {cell.concurrency} requests failed: {failures[0]}")
 
     def timing(name: str) -> list[float]:
         return [float(s.timings[name]) for s in samples if name in s.timings]
