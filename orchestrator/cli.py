@@ -11,6 +11,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,6 +28,7 @@ from orchestrator.bundled import LlamaServerBinary, find_llama_server, resolve_b
 from orchestrator.clisupport import CommandError, load_cli_config, run_trio
 from orchestrator.config import Config, load_config
 from orchestrator.errors import ConfigError, FlagError, OrchestratorError
+from orchestrator.evals.cli import add_eval_parser
 from orchestrator.flags import FlagTable
 from orchestrator.flagtable import load_flag_table
 from orchestrator.pool import Pool
@@ -69,7 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     # httpx logs every request to a child (and every health check) at INFO: noise, and CPU per request.
     logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    run_trio(Daemon(routes, load_routes if args.config else None).serve_until_signal)
+    daemon = Daemon(routes, load_routes if args.config else None)
+    run_trio(partial(daemon.serve_until_signal, until_stdin_closes=args.until_stdin_closes))
     return 0
 
 
@@ -311,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.add_argument(
+        "--until-stdin-closes",
+        action="store_true",
+        help="also stop when stdin closes (for a parent process that starts the daemon for its own run)",
+    )
+    serve.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback address without API and admin keys"
     )
     serve.set_defaults(handler=cmd_serve)
@@ -376,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     flags_list.add_argument("--bin", help="the llama-server to ask (default: as serve finds it)")
     flags_list.set_defaults(handler=cmd_flags_list)
     add_bench_parser(commands)
+    add_eval_parser(commands)
     return parser
 
 

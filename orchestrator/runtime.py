@@ -8,7 +8,9 @@ the group), then return. A second signal skips the wait.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -114,12 +116,26 @@ class Daemon:
         await self._shutdown.wait()
         pool.close_feeds()
 
-    async def serve_until_signal(self) -> None:
-        """Run with SIGINT/SIGTERM meaning a graceful stop (a second one: stop at once)."""
+    async def serve_until_signal(self, *, until_stdin_closes: bool = False) -> None:
+        """Run with SIGINT/SIGTERM meaning a graceful stop (a second one: stop at once).
+
+        ``until_stdin_closes``: also stop gracefully once stdin reaches end-of-file,
+        i.e. when the process that started us and holds the pipe's other end exits,
+        however it exits (the benchmark and eval tools start daemons this way).
+        """
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_signals, nursery.cancel_scope)
+            if until_stdin_closes:
+                nursery.start_soon(self._stop_at_stdin_eof)
             await self.run()
             nursery.cancel_scope.cancel()
+
+    async def _stop_at_stdin_eof(self) -> None:
+        # A thread, so that it works on every platform; abandoned (left blocked) when we stop first.
+        while await trio.to_thread.run_sync(os.read, sys.stdin.fileno(), 65536, abandon_on_cancel=True):
+            pass  # nothing is ever sent; only the end matters
+        log.info("stdin closed: the process that started this daemon is gone; shutting down")
+        self.request_shutdown()
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         watched = [signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]

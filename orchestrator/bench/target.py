@@ -93,29 +93,32 @@ def _free_port() -> int:
 
 
 @asynccontextmanager
-async def spawned_daemon(document: Mapping[str, Any]) -> AsyncIterator[Target]:
-    """Run ``orchestrator serve`` on ``document`` for the duration of the block."""
-    with tempfile.TemporaryDirectory(prefix="llama-sidecar-bench-") as scratch:
-        config_path = Path(scratch) / "bench.json"
-        await trio.Path(config_path).write_text(json.dumps(document), "utf-8")
+async def spawned_daemon(
+    document: Mapping[str, Any] | None = None,
+    config_path: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> AsyncIterator[Target]:
+    """Run ``orchestrator serve`` for the duration of the block, on a free loopback port.
+
+    Its config: ``document``, else the file ``config_path``, else the demo.
+    """
+    with tempfile.TemporaryDirectory(prefix="llama-sidecar-") as scratch:
+        if document is not None:
+            config_path = str(Path(scratch) / "config.json")
+            await trio.Path(config_path).write_text(json.dumps(document), "utf-8")
         log_path = Path(scratch) / "daemon.log"
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
-        command = [
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "serve",
-            "--config",
-            str(config_path),
-            "--port",
-            str(port),
-        ]
+        # The daemon holds our end of its stdin: if this process dies, even by SIGKILL, it stops too.
+        command = [sys.executable, "-m", "orchestrator", "serve", "--port", str(port), "--until-stdin-closes"]
+        command += ["--config", config_path] if config_path else []
         with log_path.open("wb") as log:
-            process = await trio.lowlevel.open_process(command, stdout=log, stderr=subprocess.STDOUT)
+            process = await trio.lowlevel.open_process(
+                command, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT
+            )
         try:
             await _wait_listening(url, process, log_path)
-            yield Target(url, {}, process.pid)
+            yield Target(url, dict(headers or {}), process.pid)
         finally:
             process.terminate()
             with trio.move_on_after(STOP_DEADLINE_S):

@@ -1,4 +1,4 @@
-"""Eval reports: accuracy with its 95% interval per run, per subject for MMLU, strict and flexible for GSM8K."""
+"""Eval reports: accuracy and its 95% interval per run; per subject for MMLU; strict and flexible GSM8K."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def summarise(run: dict[str, Any], answers: Sequence[dict[str, Any]]) -> dict[st
         for answer in answers:
             by_subject[answer["subject"]].append(answer["correct"])
         summary["subjects"] = {
-            subject: {"answered": len(marks), "correct": sum(marks)} for subject, marks in sorted(by_subject.items())
+            subject: {"answered": len(marks), "correct": sum(marks)}
+            for subject, marks in sorted(by_subject.items())
         }
     if run["suite"] == "humaneval":
         statuses: dict[str, int] = defaultdict(int)
@@ -70,14 +71,20 @@ def markdown(summaries: Sequence[dict[str, Any]]) -> str:
             )
     for s in summaries:
         if "subjects" in s:
-            lines += ["", f"MMLU by subject ({s['run']}):", "", "| subject | correct / answered |", "|---|---|"]
+            lines += [
+                "",
+                f"MMLU by subject ({s['run']}):",
+                "",
+                "| subject | correct / answered |",
+                "|---|---|",
+            ]
             lines += [f"| {name} | {v['correct']} / {v['answered']} |" for name, v in s["subjects"].items()]
     return "\n".join(lines) + "\n"
 
 
 def html_page(title: str, body: str) -> str:
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>"
         "body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:.3em .6em;vertical-align:top;text-align:left}"

@@ -50,13 +50,21 @@ class AskFailed(Exception):
 
 
 async def ask(
-    client: httpx.AsyncClient, endpoint: Endpoint, model: str, prompt: str, sampling: Sampling, max_tokens: int
+    client: httpx.AsyncClient,
+    endpoint: Endpoint,
+    model: str,
+    prompt: str,
+    *,
+    sampling: Sampling,
+    max_tokens: int,
 ) -> Reply:
     params = {"temperature": sampling.temperature, "max_tokens": max_tokens, "seed": sampling.seed}
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], **params}
     started = time.perf_counter()
     try:
-        response = await client.post(f"{endpoint.base_url}/chat/completions", json=body, headers=dict(endpoint.headers))
+        response = await client.post(
+            f"{endpoint.base_url}/chat/completions", json=body, headers=dict(endpoint.headers)
+        )
     except httpx.HTTPError as error:
         raise AskFailed(f"{endpoint.base_url}: {error or type(error).__name__}") from error
     latency = time.perf_counter() - started
@@ -75,7 +83,7 @@ class Progress(Protocol):
 
 @contextmanager
 def progress_for(title: str, total: int, done: int, correct: int) -> Iterator[Progress]:
-    """A progress bar (done / total, accuracy so far, ETA) on a terminal; a plain line per answer elsewhere."""
+    """A progress bar (done/total, accuracy so far, ETA) on a terminal; a plain line per answer elsewhere."""
     if sys.stderr.isatty():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -133,6 +141,7 @@ class RunResult:
 
 async def run_questions(
     store: Store,
+    *,
     identifier: str,
     questions: Sequence[Question],
     answer: Callable[[Question], Awaitable[tuple[Reply, Verdict]]],
@@ -178,6 +187,7 @@ async def run_suite(
     suite: Suite,
     endpoint: Endpoint,
     model: str,
+    *,
     sampling: Sampling,
     concurrency: int = 1,
     limit: int | None = None,
@@ -194,7 +204,16 @@ async def run_suite(
     async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
 
         async def answer(question: Question) -> tuple[Reply, Verdict]:
-            reply = await ask(client, endpoint, model, question.prompt, sampling, max_tokens)
+            reply = await ask(
+                client, endpoint, model, question.prompt, sampling=sampling, max_tokens=max_tokens
+            )
             return reply, await suite.score(question, reply.text)
 
-        return await run_questions(store, identifier, questions, answer, concurrency, f"{suite.name} {model}")
+        return await run_questions(
+            store,
+            identifier=identifier,
+            questions=questions,
+            answer=answer,
+            concurrency=concurrency,
+            title=f"{suite.name} {model}",
+        )

@@ -22,7 +22,7 @@ import trio
 
 from orchestrator import procgroup
 
-HARNESS = r'''
+HARNESS = r"""
 import sys
 try:
     import resource
@@ -45,7 +45,7 @@ for name in ("kill", "killpg", "system", "popen", "putenv", "remove", "removedir
              "chown", "fchown", "lchown", "setuid", "setgid", "fork", "forkpty", "vfork", "posix_spawn",
              "posix_spawnp", "execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp",
              "execlpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp",
-             "spawnvpe", "startfile", "plock", "register_at_fork"):
+             "spawnvpe", "startfile", "plock"):
     if hasattr(os, name):
         setattr(os, name, None)
 for name in ("rmtree", "move", "chown"):
@@ -57,7 +57,7 @@ builtins.help = None
 del builtins, os, shutil, subprocess
 sys.argv = ["program.py"]
 exec(compile(source, "program.py", "exec"), {"__name__": "__main__"})
-'''
+"""
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,9 @@ class Limits:
     cpu_s: int = 10
     file_bytes: int = 16 * 2**20
     processes: int = 64
+
+
+DEFAULT_LIMITS = Limits()
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def _tail(path: Path, lines: int = 5) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-async def run_program(source: str, limits: Limits = Limits()) -> Outcome:
+async def run_program(source: str, limits: Limits = DEFAULT_LIMITS) -> Outcome:
     """Run ``source`` as a program; passed means it exited 0 within the timeout."""
     with tempfile.TemporaryDirectory(prefix="llama-sidecar-sandbox-") as scratch:
         directory = Path(scratch)
@@ -121,6 +124,8 @@ async def run_program(source: str, limits: Limits = Limits()) -> Outcome:
                 await process.wait()
         if waiting.cancelled_caught:
             return Outcome("timeout", f"did not finish within {limits.timeout_s:g} s")
-        if process.returncode == 0:
+        returncode = process.returncode
+        assert returncode is not None  # waited for above
+        if returncode == 0:
             return Outcome("passed", "")
-        return Outcome("failed", _tail(stderr) or procgroup.describe_exit(process.returncode))
+        return Outcome("failed", _tail(stderr) or procgroup.describe_exit(returncode))

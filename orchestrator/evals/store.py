@@ -107,8 +107,9 @@ class Store:
 
     def runs(self) -> list[dict[str, Any]]:
         rows = self._db.execute(
-            "SELECT runs.*, COUNT(results.question_id) AS answered, COALESCE(SUM(results.correct), 0) AS correct "
-            "FROM runs LEFT JOIN results ON results.run_id = runs.id GROUP BY runs.id ORDER BY runs.created"
+            "SELECT runs.*, COUNT(results.question_id) AS answered, "
+            "COALESCE(SUM(results.correct), 0) AS correct FROM runs "
+            "LEFT JOIN results ON results.run_id = runs.id GROUP BY runs.id ORDER BY runs.created"
         )
         return [{**dict(row), "settings": json.loads(row["settings"])} for row in rows]
 

