@@ -14,6 +14,7 @@ from orchestrator.app_resources import RequestResources
 from orchestrator.auth import AccessPolicy, presented_key
 from orchestrator.errors import OrchestratorError
 from orchestrator.httperrors import error_response, response_for
+from orchestrator.keepalive import FinishExchanges
 from orchestrator.pool import Pool
 from orchestrator.proxy import register_openai_routes
 from orchestrator.stats import StatsSampler
@@ -27,7 +28,7 @@ def create_app(pool: Pool, http: httpx.AsyncClient, stats: StatsSampler, reload:
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["BODY_TIMEOUT"] = None
     app.config["MAX_CONTENT_LENGTH"] = pool.routes.config.server.max_body_bytes  # fixed until restart
-    app.asgi_app = RequestResources(app.asgi_app)  # type: ignore[method-assign]
+    app.asgi_app = FinishExchanges(RequestResources(app.asgi_app))  # type: ignore[method-assign]
 
     def refusal() -> Response | None:
         server = pool.routes.config.server  # keys may change on reload
