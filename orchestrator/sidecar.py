@@ -33,10 +33,8 @@ ERROR_TAIL_LINES = 20  # of which an error message quotes this many
 PORT_ATTEMPTS = 3  # tries on different ports when the port was taken under us
 READY_POLL_FIRST_S = 0.01  # readiness polls start fast and back off to...
 READY_POLL_MAX_S = 0.25  # ...this; a stderr hint short-cuts the wait
-PIPE_EOF_GRACE_S = 2.0
-DEFAULT_SLOTS = (
-    4  # llama-server's default --parallel  # after the group is killed, the pipes must close within this
-)
+PIPE_EOF_GRACE_S = 2.0  # after the group is killed, the pipes must close within this
+DEFAULT_SLOTS = 4  # llama-server's default --parallel
 _READY_HINT = re.compile(r"model loaded|listening on")
 _BIND_FAILED = "couldn't bind HTTP server socket"
 
