@@ -10,7 +10,7 @@ import trio
 
 from orchestrator.bundled import demo_config, find_llama_server
 from orchestrator.config import Config, load_config
-from orchestrator.errors import OrchestratorError, leaf_exceptions
+from orchestrator.errors import OrchestratorError, only_errors_of
 from orchestrator.flags import FlagTable
 from orchestrator.flagtable import load_flag_table
 
@@ -26,10 +26,10 @@ def run_trio(async_fn: Callable[..., Awaitable[T]], *args: object) -> T:
     try:
         return trio.run(async_fn, *args)
     except BaseExceptionGroup as group:
-        matched, rest = group.split(OrchestratorError)
-        if matched is None or rest is not None:
+        error = only_errors_of(group, OrchestratorError)
+        if error is None:
             raise
-        raise leaf_exceptions(matched)[0] from group
+        raise error from group
 
 
 def flag_table_for(setting: str | None) -> FlagTable:

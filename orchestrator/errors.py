@@ -8,6 +8,9 @@ CLI to a short message and a non-zero exit.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 
 def leaf_exceptions(error: BaseException) -> list[BaseException]:
@@ -15,6 +18,16 @@ def leaf_exceptions(error: BaseException) -> list[BaseException]:
     if isinstance(error, BaseExceptionGroup):
         return [leaf for inner in error.exceptions for leaf in leaf_exceptions(inner)]
     return [error]
+
+
+def only_errors_of(group: BaseExceptionGroup[BaseException], kind: type[E]) -> E | None:
+    """The first ``kind`` error in a nursery's group when it holds nothing else; None when it does."""
+    matched, rest = group.split(kind)
+    if matched is None or rest is not None:
+        return None
+    first = leaf_exceptions(matched)[0]
+    assert isinstance(first, kind)
+    return first
 
 
 class OrchestratorError(Exception):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.evals.ab import check_reply, load_prompts
+from orchestrator.evals.ab import Prompt, ab_markdown, check_reply, load_prompts
 
 
 def test_the_shipped_set_has_14_agent_typed_prompts_with_checks() -> None:
@@ -69,3 +69,28 @@ async def test_checks(check: dict[str, object], reply: str, passed: bool | None)
     result, why = await check_reply(check, reply)
     assert result is passed, why
     assert why
+
+
+def answer_row(reply: str, check: bool | None, latency_s: float) -> dict[str, object]:
+    verdict = {"check": check, "why": "because"}
+    return {"reply": reply, "latency_s": latency_s, "completion_tokens": 12,
+            "timings": {"predicted_per_second": 40.0}, "verdict": verdict}  # fmt: skip
+
+
+def test_the_markdown_report_sets_outputs_side_by_side_under_each_prompt() -> None:
+    prompts = [Prompt("code", "code generation", "Write it."), Prompt("chat", "chat", "Hi.")]
+    fenced_reply = "Here:\n```python\nprint(1)\n```"  # 28 characters
+    results = {
+        "a": {"code": answer_row(fenced_reply, True, 1.5), "chat": answer_row("Hello!", None, 0.5)},
+        "b": {"code": answer_row("no idea", False, 2.5)},
+    }
+    report = ab_markdown(prompts, results)
+    assert "| a | 1/1 | 1.00 s | 40.0 | 17 chars |" in report  # summary: checks, latency, speed, length
+    code_row = "| code | code generation | pass, 1.50 s, 12 tokens, 40.0 tok/s, 28 chars | FAIL, 2.50 s,"
+    assert code_row in report
+    assert "| chat | chat | -, 0.50 s, 12 tokens, 40.0 tok/s, 6 chars | not run |" in report
+    outputs = report.split("## Outputs", 1)[1]
+    assert outputs.index("### code") < outputs.index("**a**: pass") < outputs.index("**b**: FAIL")
+    assert "**b**: not run" in outputs.split("### chat", 1)[1]
+    assert f"````text\n{fenced_reply}\n````" in outputs  # a fence longer than the reply's own
+    assert "## Outputs" not in ab_markdown(prompts, results, outputs=False)

@@ -165,8 +165,28 @@ def _mark(answer: Mapping[str, Any] | None) -> str:
     return "-" if check is None else ("pass" if check else "FAIL")
 
 
-def ab_markdown(prompts: Sequence[Prompt], results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
-    """``results``: model -> prompt id -> answer row."""
+def _figures(answer: Mapping[str, Any]) -> str:
+    """Latency, tokens, tokens/s and length of one answer."""
+    speed = _tokens_per_s(answer)
+    rate = f", {speed:.1f} tok/s" if speed else ""
+    return (f"{answer['latency_s']:.2f} s, {answer['completion_tokens'] or 0} tokens{rate}, "
+            f"{len(answer['reply'])} chars")  # fmt: skip
+
+
+def _fenced(text: str) -> str:
+    """``text`` in a code fence longer than any backtick run inside it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def ab_markdown(
+    prompts: Sequence[Prompt],
+    results: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    *,
+    outputs: bool = True,
+) -> str:
+    """``results``: model -> prompt id -> answer row. ``outputs``: add every reply, grouped by prompt."""
     models = list(results)
     lines = ["| model | checks passed | mean latency | mean tokens/s | mean reply length |", "|---" * 5 + "|"]
     for model in models:
@@ -178,9 +198,20 @@ def ab_markdown(prompts: Sequence[Prompt], results: Mapping[str, Mapping[str, Ma
         cells = []
         for model in models:
             answer = results[model].get(prompt.id)
-            latency = f", {answer['latency_s']:.1f} s" if answer else ""
-            cells.append(f"{_mark(answer)}{latency}")
+            cells.append(_mark(answer) + (f", {_figures(answer)}" if answer else ""))
         lines.append(f"| {prompt.id} | {prompt.type} | " + " | ".join(cells) + " |")
+    if outputs:
+        lines += ["", "## Outputs"]
+        for prompt in prompts:
+            lines += ["", f"### {prompt.id} ({prompt.type})"]
+            for model in models:
+                answer = results[model].get(prompt.id)
+                if answer is None:
+                    lines += ["", f"**{model}**: not run"]
+                    continue
+                why = answer["verdict"].get("why", "")
+                lines += ["", f"**{model}**: {_mark(answer)} ({why}); {_figures(answer)}", "",
+                          _fenced(answer["reply"])]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -208,12 +239,9 @@ def ab_html(prompts: Sequence[Prompt], results: Mapping[str, Mapping[str, Mappin
                 continue
             mark = _mark(answer)
             css = {"pass": "pass", "FAIL": "fail"}.get(mark, "")
-            speed = _tokens_per_s(answer)
             why = esc(str(answer["verdict"].get("why", "")))
-            rate = f", {speed:.1f} tok/s" if speed else ""
-            tokens = answer["completion_tokens"] or 0
-            body += f'<td><span class="{css}">{mark}</span> {why}<br>{answer["latency_s"]:.2f} s, '
-            body += f"{tokens} tokens{rate}<pre>{esc(answer['reply'])}</pre></td>"
+            body += f'<td><span class="{css}">{mark}</span> {why}<br>{_figures(answer)}'
+            body += f"<pre>{esc(answer['reply'])}</pre></td>"
         body += "</tr>"
     body += "</table>"
     return html_page("llama-sidecar A/B comparison: " + ", ".join(models), body)

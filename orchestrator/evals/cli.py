@@ -18,7 +18,7 @@ from orchestrator.evals.ab import DEFAULT_PROMPTS, AbSuite, ab_html, ab_markdown
 from orchestrator.evals.report import render, summarise
 from orchestrator.evals.runner import Endpoint, RunResult, Sampling, run_suite
 from orchestrator.evals.sandbox import Limits
-from orchestrator.evals.store import Store
+from orchestrator.evals.store import DATABASE, Store
 from orchestrator.evals.suites import SUITES, HumanEval, Suite
 
 DEFAULT_RESULTS = "eval-results"
@@ -107,7 +107,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    store = Store(Path(args.results))
+    directory = Path(args.results)
+    if not (directory / DATABASE).is_file():
+        raise CommandError(f"no eval results in {directory.resolve()}; `orchestrator eval run` writes them")
+    store = Store(directory)
     try:
         if not args.runs:
             for run in store.runs():
@@ -154,7 +157,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
         markdown_path, html_path = Path(args.results) / "ab-report.md", Path(args.results) / "ab-report.html"
         markdown_path.write_text(ab_markdown(suite.prompts, answers), "utf-8")
         html_path.write_text(ab_html(suite.prompts, answers), "utf-8")
-        print(ab_markdown(suite.prompts, answers), end="")
+        print(ab_markdown(suite.prompts, answers, outputs=False), end="")  # the replies: in the files
         _say(f"wrote {markdown_path} and {html_path}")
     finally:
         store.close()

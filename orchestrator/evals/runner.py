@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import httpx
 import trio
 
+from orchestrator.errors import OrchestratorError, only_errors_of
 from orchestrator.evals.store import Answer, Store, run_id
 from orchestrator.evals.suites import Question, Suite, Verdict
 
@@ -49,6 +50,27 @@ class AskFailed(Exception):
     """The endpoint did not answer a question (not recorded: a rerun asks again)."""
 
 
+class EndpointError(OrchestratorError):
+    """The endpoint cannot answer any question (unreachable, unknown model, key refused): the run stops."""
+
+
+# Statuses that say the request itself is wrong for this endpoint, whatever the question.
+_FATAL_STATUSES = {401: "the key was refused", 403: "the key was refused", 404: "not found"}
+
+
+def _endpoint_error(endpoint: Endpoint, model: str, response: httpx.Response) -> EndpointError:
+    try:
+        message = str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:300]  # not an OpenAI-shaped error
+    hint = _FATAL_STATUSES[response.status_code]
+    if response.status_code == 404 and "model" not in message.lower():
+        hint += f"; is {endpoint.base_url} an OpenAI base URL (usually ending in /v1)?"
+    elif response.status_code == 404:
+        hint += f"; is {model!r} a model or agent name that endpoint serves?"
+    return EndpointError(f"{endpoint.base_url}: HTTP {response.status_code} ({hint}): {message}")
+
+
 async def ask(
     client: httpx.AsyncClient,
     endpoint: Endpoint,
@@ -65,9 +87,13 @@ async def ask(
         response = await client.post(
             f"{endpoint.base_url}/chat/completions", json=body, headers=dict(endpoint.headers)
         )
+    except httpx.ConnectError as error:
+        raise EndpointError(f"cannot reach {endpoint.base_url}: {error}") from error
     except httpx.HTTPError as error:
         raise AskFailed(f"{endpoint.base_url}: {error or type(error).__name__}") from error
     latency = time.perf_counter() - started
+    if response.status_code in _FATAL_STATUSES:
+        raise _endpoint_error(endpoint, model, response)
     if response.status_code != 200:
         raise AskFailed(f"{endpoint.base_url}: HTTP {response.status_code}: {response.text[:300]}")
     payload = response.json()
@@ -176,9 +202,15 @@ async def run_questions(
                     await trio.to_thread.run_sync(store.record, identifier, record)
                 progress.advance(verdict.correct, f"{question.id} {'right' if verdict.correct else 'wrong'}")
 
-        async with trio.open_nursery() as nursery:
-            for _ in range(max(1, concurrency)):
-                nursery.start_soon(worker)
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(max(1, concurrency)):
+                    nursery.start_soon(worker)
+        except BaseExceptionGroup as group:
+            fatal = only_errors_of(group, EndpointError)  # one worker's is enough: the others were stopped
+            if fatal is None:
+                raise
+            raise fatal from None
     return RunResult(identifier, len(todo) - len(errors), len(questions) - len(todo), errors)
 
 
