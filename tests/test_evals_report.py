@@ -69,6 +69,20 @@ def test_mmlu_summary_is_broken_down_by_subject_and_renders_as_valid_html() -> N
     page = render([summary], "html")
     assert_valid_html(page)
     assert "m&lt;script&gt;" in page and "<script>" not in page
+    assert "<h2>MMLU by subject (mmlu-m-1)</h2>" in page and "<td>s0</td><td>1 / 2</td>" in page
+
+
+def test_humaneval_outcomes_and_gsm8k_flexible_rows_are_in_every_format() -> None:
+    humaneval = summarise({"id": "he-1", "suite": "humaneval", "model": "m", "settings": {}},
+                          rows("humaneval", [True, False], status="failed"))  # fmt: skip
+    gsm8k = summarise({"id": "g-1", "suite": "gsm8k", "model": "m", "settings": {}},
+                      rows("gsm8k", [False, False], flexible_correct=True))  # fmt: skip
+    text = render([humaneval, gsm8k], "md")
+    assert "HumanEval outcomes (he-1):\n\n| outcome | programs |\n|---|---|\n| failed | 2 |" in text
+    assert "| g-1 (flexible) | gsm8k | m | 2 | 100.0% |" in text
+    page = render([humaneval, gsm8k], "html")
+    assert_valid_html(page)
+    assert "<td>failed</td><td>2</td>" in page and "<td>g-1 (flexible)</td>" in page
 
 
 def test_an_empty_run_reports_zero_not_an_error() -> None:

@@ -6,6 +6,7 @@ import html
 import json
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.evals.scoring import wilson_interval
@@ -57,28 +58,43 @@ def _interval(pair: Sequence[float]) -> str:
     return f"[{_percent(pair[0])}, {_percent(pair[1])}]"
 
 
-def markdown(summaries: Sequence[dict[str, Any]]) -> str:
-    lines = ["| run | suite | model | answered | accuracy | 95% interval | mean latency |", "|---" * 7 + "|"]
+@dataclass(frozen=True)
+class Table:
+    """One table of a report, rendered as markdown or HTML."""
+
+    title: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+def tables(summaries: Sequence[dict[str, Any]]) -> list[Table]:
+    """Every table of a report: accuracy per run, then MMLU per subject and HumanEval outcomes."""
+    rows = []
     for s in summaries:
-        lines.append(
-            f"| {s['run']} | {s['suite']} | {s['model']} | {s['answered']} | {_percent(s['accuracy'])} | "
-            f"{_interval(s['ci95'])} | {s['mean_latency_s']:.2f} s |"
-        )
+        rows.append((s["run"], s["suite"], s["model"], str(s["answered"]), _percent(s["accuracy"]),
+                     _interval(s["ci95"]), f"{s['mean_latency_s']:.2f} s"))  # fmt: skip
         if "flexible_accuracy" in s:
-            lines.append(
-                f"| {s['run']} (flexible) | gsm8k | {s['model']} | {s['answered']} | "
-                f"{_percent(s['flexible_accuracy'])} | {_interval(s['flexible_ci95'])} | |"
-            )
+            rows.append((f"{s['run']} (flexible)", "gsm8k", s["model"], str(s["answered"]),
+                         _percent(s["flexible_accuracy"]), _interval(s["flexible_ci95"]), ""))  # fmt: skip
+    header = ("run", "suite", "model", "answered", "accuracy", "95% interval", "mean latency")
+    result = [Table("", header, tuple(rows))]
     for s in summaries:
         if "subjects" in s:
-            lines += [
-                "",
-                f"MMLU by subject ({s['run']}):",
-                "",
-                "| subject | correct / answered |",
-                "|---|---|",
-            ]
-            lines += [f"| {name} | {v['correct']} / {v['answered']} |" for name, v in s["subjects"].items()]
+            subjects = tuple((name, f"{v['correct']} / {v['answered']}") for name, v in s["subjects"].items())
+            result.append(Table(f"MMLU by subject ({s['run']})", ("subject", "correct / answered"), subjects))
+        if "statuses" in s:
+            outcomes = tuple((status, str(count)) for status, count in sorted(s["statuses"].items()))
+            result.append(Table(f"HumanEval outcomes ({s['run']})", ("outcome", "programs"), outcomes))
+    return result
+
+
+def markdown(summaries: Sequence[dict[str, Any]]) -> str:
+    lines: list[str] = []
+    for table in tables(summaries):
+        if table.title:
+            lines += ["", f"{table.title}:", ""]
+        lines += ["| " + " | ".join(table.header) + " |", "|---" * len(table.header) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in table.rows]
     return "\n".join(lines) + "\n"
 
 
@@ -93,15 +109,18 @@ def html_page(title: str, body: str) -> str:
     )
 
 
+def _html_row(cells: Sequence[str], tag: str) -> str:
+    return "<tr>" + "".join(f"<{tag}>{html.escape(cell)}</{tag}>" for cell in cells) + "</tr>"
+
+
 def html_report(summaries: Sequence[dict[str, Any]]) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(s['run'])}</td><td>{s['suite']}</td><td>{html.escape(s['model'])}</td>"
-        f"<td>{s['answered']}</td><td>{_percent(s['accuracy'])}</td><td>{_interval(s['ci95'])}</td></tr>"
-        for s in summaries
-    )
-    table = ("<table><tr><th>run</th><th>suite</th><th>model</th><th>answered</th><th>accuracy</th>"
-             f"<th>95% interval</th></tr>{rows}</table>")  # fmt: skip
-    return html_page("llama-sidecar eval report", table)
+    body = ""
+    for table in tables(summaries):
+        if table.title:
+            body += f"<h2>{html.escape(table.title)}</h2>"
+        cells = [_html_row(table.header, "th"), *(_html_row(row, "td") for row in table.rows)]
+        body += "<table>" + "".join(cells) + "</table>\n"
+    return html_page("llama-sidecar eval report", body)
 
 
 def render(summaries: Sequence[dict[str, Any]], form: str) -> str:
