@@ -62,6 +62,11 @@ async def test_an_infinite_loop_times_out_and_its_group_is_killed() -> None:
         ("multiprocessing", "import multiprocessing\n", "ModuleNotFoundError"),
         ("10 GB", "block = bytearray(10 * 2**30)\n", "MemoryError"),
         ("huge file", "with open('big', 'wb') as f:\n    f.write(b'x' * (64 * 2**20))\n", "File too large"),
+        # Leaving early with status 0 must not pass for "the tests passed".
+        ("exit(0)", "exit(0)\nassert False\n", "exited (status 0) before its tests finished"),
+        ("SystemExit", "raise SystemExit\n", "exited (status None) before its tests finished"),
+        ("sys.exit", "import sys\nsys.exit(0)\n", "exited (status 0) before its tests finished"),
+        ("os._exit", "import os\nos._exit(0)\n", "TypeError"),
     ],
 )
 async def test_hostile_programs_fail_without_harm(name: str, source: str, error: str) -> None:

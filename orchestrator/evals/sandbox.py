@@ -7,6 +7,8 @@ keeps a wrong or hostile program from hurting the machine by accident:
 - resource limits (POSIX): address space, CPU seconds, file size, processes;
 - destructive functions disabled before the program runs (fork, exec, kill,
   file removal, subprocess and the like), as HumanEval's own harness does;
+- passing means running to the end: a program that exits early, even with
+  status 0, fails;
 - a wall-clock timeout; output goes to size-limited files, not to memory.
 """
 
@@ -40,12 +42,14 @@ source = open(sys.argv[1], encoding="utf-8").read()
 
 import builtins, os, shutil, subprocess
 os.environ["OMP_NUM_THREADS"] = "1"
-for name in ("kill", "killpg", "system", "popen", "putenv", "remove", "removedirs", "rmdir", "unlink",
-             "rename", "renames", "replace", "truncate", "fchdir", "chdir", "chroot", "chmod", "fchmod",
-             "chown", "fchown", "lchown", "setuid", "setgid", "fork", "forkpty", "vfork", "posix_spawn",
-             "posix_spawnp", "execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp",
-             "execlpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp",
-             "spawnvpe", "startfile", "plock"):
+leave = os._exit  # ours alone: the program may not end itself with a status of its choice
+for name in ("_exit", "kill", "killpg", "system", "popen", "putenv", "remove", "removedirs",
+             "rmdir", "unlink", "rename", "renames", "replace", "truncate", "fchdir", "chdir",
+             "chroot", "chmod", "fchmod", "chown", "fchown", "lchown", "setuid", "setgid",
+             "fork", "forkpty", "vfork", "posix_spawn", "posix_spawnp", "execv", "execve",
+             "execvp", "execvpe", "execl", "execle", "execlp", "execlpe", "spawnl", "spawnle",
+             "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe", "startfile",
+             "plock"):
     if hasattr(os, name):
         setattr(os, name, None)
 for name in ("rmtree", "move", "chown"):
@@ -56,7 +60,11 @@ for module in ("_posixsubprocess", "multiprocessing", "resource", "psutil", "cty
 builtins.help = None
 del builtins, os, shutil, subprocess
 sys.argv = ["program.py"]
-exec(compile(source, "program.py", "exec"), {"__name__": "__main__"})
+try:
+    exec(compile(source, "program.py", "exec"), {"__name__": "__main__"})
+except SystemExit as stop:  # exit(), quit(), sys.exit(): its tests did not all run
+    print(f"the program exited (status {stop.code!r}) before its tests finished", file=sys.stderr, flush=True)
+    leave(1)
 """
 
 
