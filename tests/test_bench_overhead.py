@@ -47,6 +47,10 @@ def test_overhead_reports_both_paths_ratios_and_the_daemons_usage(
 def test_overhead_against_an_unreachable_daemon_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "overhead", "--url", "http://127.0.0.1:9", "--model", "m"]) == 1
     assert "no daemon answers at http://127.0.0.1:9" in capsys.readouterr().err
+    for tool in ("overhead", "cold"):  # another daemon's models are its own: name the one to measure
+        assert main(["bench", tool, "--url", "http://127.0.0.1:9"]) == 1
+        expected = "name the model or agent to measure on http://127.0.0.1:9 with --model"
+        assert expected in capsys.readouterr().err
 
 
 @pytest.mark.real

@@ -57,6 +57,8 @@ def _write_json(path: str | None, report: dict[str, Any]) -> None:
 def _model_name(args: argparse.Namespace, names: list[str]) -> str:
     if args.model:
         return str(args.model)
+    if args.url:
+        raise BenchError(f"name the model or agent to measure on {args.url} with --model")
     if not names:
         raise BenchError("the config has no models")
     return names[0]
