@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import httpx
 from quart import Response, has_request_context, has_websocket_context, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -22,7 +21,7 @@ from orchestrator.stats import StatsSampler
 log = logging.getLogger("orchestrator.app")
 
 
-def create_app(pool: Pool, http: httpx.AsyncClient, stats: StatsSampler, reload: Reloader) -> QuartTrio:
+def create_app(pool: Pool, stats: StatsSampler, reload: Reloader) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
     # Model responses can take minutes; these limits would cut them silently.
     app.config["RESPONSE_TIMEOUT"] = None
@@ -86,6 +85,6 @@ def create_app(pool: Pool, http: httpx.AsyncClient, stats: StatsSampler, reload:
         log.error("unexpected error on %s", where, exc_info=error)
         return error_response(500, "internal error (logged by the daemon)", "server_error", "internal_error")
 
-    register_openai_routes(app, pool, http)
+    register_openai_routes(app, pool)
     register_admin_routes(app, pool, stats, reload)
     return app

@@ -344,6 +344,8 @@ class Pool:
         self._notify()
 
     def _publish(self, sidecar: Sidecar, kind: str, details: dict[str, Any]) -> None:
+        if not self.events:
+            return  # nobody listens: skip describing the sidecar (twice per request otherwise)
         event = {
             "type": kind,
             "key": sidecar.key,

@@ -14,16 +14,15 @@ import shlex
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 from quart import Response, request
 from quart_trio import QuartTrio
+from werkzeug.datastructures import Headers
 
 from orchestrator.app_resources import request_resources
 from orchestrator.errors import FlagError, UpstreamError, UpstreamTimeoutError
 from orchestrator.httperrors import error_response
 from orchestrator.pool import Pool
-from orchestrator.routing import CHILD_HOST
-from orchestrator.sidecar import Sidecar
+from orchestrator.upstream import UpstreamResponse
 
 log = logging.getLogger("orchestrator.proxy")
 
@@ -36,52 +35,17 @@ _DROPPED_RESPONSE_HEADERS = frozenset(
 )  # fmt: skip
 
 
-def _is_event_stream(upstream: httpx.Response) -> bool:
-    return str(upstream.headers.get("content-type", "")).startswith("text/event-stream")
-
-
-def _upstream_error(error: httpx.HTTPError, sidecar: Sidecar, what: str, idle: float) -> UpstreamError:
-    if isinstance(error, httpx.ReadTimeout):
-        return UpstreamTimeoutError(
-            f"{sidecar.label} sent nothing for {idle:g} s (llama_server.upstream_idle_timeout_s); "
-            "the request was cancelled"
-        )
-    return UpstreamError(f"{sidecar.label} {what}: {error or type(error).__name__}")
-
-
-async def _relay(upstream: httpx.Response, sidecar: Sidecar, idle: float) -> AsyncIterator[bytes]:
+async def _relay(upstream: UpstreamResponse) -> AsyncIterator[bytes]:
     """The child's body, chunk by chunk; an SSE stream that breaks ends with an error event."""
     try:
-        async for chunk in upstream.aiter_raw():
+        async for chunk in upstream.chunks():
             yield chunk
-    except httpx.HTTPError as error:
-        failure = _upstream_error(error, sidecar, "failed mid-response", idle)
+    except UpstreamError as failure:
         log.warning("%s", failure)
-        if _is_event_stream(upstream):
+        if upstream.header("content-type").startswith("text/event-stream"):
             code = "sidecar_timeout" if isinstance(failure, UpstreamTimeoutError) else "sidecar_failed"
             event = {"error": {"message": str(failure), "type": "server_error", "code": code}}
             yield f"data: {json.dumps(event)}\n\n".encode()
-
-
-async def _send(
-    http: httpx.AsyncClient, upstream_request: httpx.Request, sidecar: Sidecar, idle: float
-) -> httpx.Response:
-    """Send to the child; once more on a fresh connection if a pooled one was closed under us.
-
-    llama-server closes idle keep-alive connections; one picked from the pool
-    at that moment fails before any response. That is safe to resend: the child
-    never processed it (or has died, and the second try says so).
-    """
-    try:
-        return await http.send(upstream_request, stream=True)
-    except httpx.RemoteProtocolError:
-        log.debug("%s closed a pooled connection; resending on a fresh one", sidecar.label)
-    except httpx.HTTPError as error:
-        raise _upstream_error(error, sidecar, "did not answer", idle) from error
-    try:
-        return await http.send(upstream_request, stream=True)
-    except httpx.HTTPError as error:
-        raise _upstream_error(error, sidecar, "did not answer", idle) from error
 
 
 REQUEST_FLAGS_FIELD = "llama_flags"
@@ -109,7 +73,7 @@ def request_flag_tokens(body: dict[str, Any], header: str | None) -> list[str]:
         raise FlagError([f"{REQUEST_FLAGS_HEADER} is not valid shell quoting: {error}"]) from error
 
 
-def register_openai_routes(app: QuartTrio, pool: Pool, http: httpx.AsyncClient) -> None:
+def register_openai_routes(app: QuartTrio, pool: Pool) -> None:
     """POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models.
 
     The routes are the pool's current ones, read per request: a reload applies at once.
@@ -143,27 +107,20 @@ def register_openai_routes(app: QuartTrio, pool: Pool, http: httpx.AsyncClient) 
             ).encode()
         resources = request_resources()
         sidecar = await resources.enter_async_context(pool.lease(spec))
-        upstream_request = http.build_request(
-            "POST",
-            f"http://{CHILD_HOST}:{sidecar.port}{request.path}",
-            content=raw,
-            headers={
-                "content-type": request.headers.get("content-type", "application/json"),
-                "accept": request.headers.get("accept", "*/*"),
-                "accept-encoding": "identity",
-            },
-            # The read timeout is the longest silence allowed: before the headers and between chunks.
-            timeout=httpx.Timeout(connect=5.0, read=idle_timeout, write=30.0, pool=None),
+        forwarded = [
+            ("content-type", request.headers.get("content-type", "application/json")),
+            ("accept", request.headers.get("accept", "*/*")),
+            ("accept-encoding", "identity"),
+        ]
+        # The idle timeout is the longest silence allowed: before the headers and between chunks.
+        upstream = await sidecar.upstream.request("POST", request.path, forwarded, raw, idle_timeout)
+        resources.callback(upstream.close)
+        headers = Headers(
+            (name, value)  # h11 gives names in lower case
+            for name, value in upstream.headers
+            if name not in _DROPPED_RESPONSE_HEADERS and not name.startswith("access-control-")
         )
-        upstream = await _send(http, upstream_request, sidecar, idle_timeout)
-        resources.push_async_callback(upstream.aclose)
-        headers = {
-            name: value
-            for name, value in upstream.headers.items()
-            if name.lower() not in _DROPPED_RESPONSE_HEADERS
-            and not name.lower().startswith("access-control-")
-        }
-        return Response(_relay(upstream, sidecar, idle_timeout), status=upstream.status_code, headers=headers)
+        return Response(_relay(upstream), status=upstream.status, headers=headers)
 
     for path in OPENAI_ROUTES:
         app.add_url_rule(path, endpoint=path, view_func=forward, methods=["POST"])

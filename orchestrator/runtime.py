@@ -75,7 +75,7 @@ class Daemon:
             server_config.bind = [bind_address(self.config.server.host, self.config.server.port)]
             server_config.graceful_timeout = self.config.server.shutdown_grace_s
             server_config.accesslog = None
-            app = create_app(pool, http, stats, self.reload)
+            app = create_app(pool, stats, self.reload)
             async with trio.open_nursery() as server:
                 try:
                     binds = await server.start(

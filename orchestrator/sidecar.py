@@ -24,6 +24,7 @@ from orchestrator.config import LlamaServerSettings
 from orchestrator.errors import SpawnError
 from orchestrator.policy import State, StopReason
 from orchestrator.routing import CHILD_HOST, SidecarSpec
+from orchestrator.upstream import Upstream
 
 log = logging.getLogger("orchestrator.sidecar")
 child_log = logging.getLogger("orchestrator.child")
@@ -83,6 +84,7 @@ class Sidecar:
         self._port_taken = False
         self._stop_requested = False
         self._life: trio.CancelScope | None = None
+        self._upstream: Upstream | None = None  # HTTP to the current process
 
     @property
     def key(self) -> str:
@@ -91,6 +93,12 @@ class Sidecar:
     @property
     def label(self) -> str:
         return f"[sidecar:{self.key[:8]}:{self.port}]"
+
+    @property
+    def upstream(self) -> Upstream:
+        """HTTP to the running child (a ready sidecar always has one)."""
+        assert self._upstream is not None, "the child has not started"
+        return self._upstream
 
     # -- leases ------------------------------------------------------------
 
@@ -142,6 +150,8 @@ class Sidecar:
                 )
         finally:
             self.state = State.EXITED
+            if self._upstream is not None:
+                self._upstream.close()
             uptime = time.time() - self.started_at
             exit_info: dict[str, Any] = {"code": self.exit_code, "uptime_s": round(uptime, 3)}
             if self.failure is not None:
@@ -179,6 +189,9 @@ class Sidecar:
         """One process on one port; True means 'the port was taken, try another'."""
         self.port = port
         self.argv = self.spec.argv(port)
+        if self._upstream is not None:  # the previous process (its port was taken) is gone
+            self._upstream.close()
+        self._upstream = Upstream(CHILD_HOST, port, self.label)
         self._port_taken = False
         process: trio.Process | None = None
         async with trio.open_nursery() as pipes:
