@@ -27,13 +27,13 @@ from orchestrator.bench.cli import add_bench_parser
 from orchestrator.bundled import LlamaServerBinary, find_llama_server, resolve_binaries
 from orchestrator.clisupport import CommandError, load_cli_config, run_trio
 from orchestrator.config import Config, load_config
-from orchestrator.errors import ConfigError, FlagError, OrchestratorError
+from orchestrator.errors import ConfigError, FlagError, OrchestratorError, UpstreamError
 from orchestrator.evals.cli import add_eval_parser
 from orchestrator.flags import FlagTable
 from orchestrator.flagtable import load_flag_table
 from orchestrator.pool import Pool
-from orchestrator.routing import CHILD_HOST, RouteTable
-from orchestrator.runtime import Daemon, upstream_client
+from orchestrator.routing import RouteTable
+from orchestrator.runtime import Daemon
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -79,24 +79,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 async def _doctor(routes: RouteTable) -> str:
     """Serve one chat request on the config's first model, through the pool."""
     spec = routes.routes()[0].spec()
-    async with upstream_client() as http, trio.open_nursery() as nursery:
-        pool = Pool(routes, http)
+    async with trio.open_nursery() as nursery:
+        pool = Pool(routes)
         await nursery.start(pool.run)
         started = trio.current_time()
         async with pool.lease(spec) as sidecar:
             loaded = trio.current_time() - started
             body = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+            json_type = [("content-type", "application/json")]
             try:
-                response = await http.post(
-                    f"http://{CHILD_HOST}:{sidecar.port}/v1/chat/completions", json=body
+                response = await sidecar.upstream.request(
+                    "POST", "/v1/chat/completions", json_type, json.dumps(body).encode(), idle_timeout_s=120
                 )
-            except httpx.HTTPError as error:
+                try:
+                    text = b"".join([chunk async for chunk in response.chunks()]).decode("utf-8", "replace")
+                finally:
+                    response.close()
+            except UpstreamError as error:
                 raise CommandError(f"llama-server failed on its first request: {error}") from error
-            if response.status_code != 200:
-                raise CommandError(
-                    f"llama-server answered HTTP {response.status_code}: {response.text[:500]}"
-                )
-            speed = response.json().get("timings", {}).get("predicted_per_second", 0.0)
+            if response.status != 200:
+                raise CommandError(f"llama-server answered HTTP {response.status}: {text[:500]}")
+            speed = json.loads(text).get("timings", {}).get("predicted_per_second", 0.0)
         nursery.cancel_scope.cancel()
     return f"ready in {loaded:.2f} s, generated at {speed:.1f} tokens/s"
 

@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
-import httpx
 import trio
 
 from orchestrator import policy, procgroup
@@ -53,12 +52,11 @@ class ChildGuard(Protocol):
 class Pool:
     """Owns every sidecar; hands out leases on ready ones."""
 
-    def __init__(self, routes: RouteTable, http: httpx.AsyncClient, guard: ChildGuard | None = None) -> None:
+    def __init__(self, routes: RouteTable, guard: ChildGuard | None = None) -> None:
         self.routes = routes
         self._guard = guard
         self.evictions = 0
         self.events: FanOut[dict[str, Any]] = FanOut()
-        self._http = http
         self._sidecars: dict[str, Sidecar] = {}
         self._spawns: dict[str, int] = {}
         self._failures: dict[str, list[float]] = {}  # trio clock times of each key's failures
@@ -223,7 +221,6 @@ class Pool:
             spec,
             env=child_environment(os.environ, spec.binary.env),
             settings=self._settings,
-            http=self._http,
             allocate_port=self._allocate_port,
             restarts=spawns - 1,
             on_event=self._on_sidecar_event,

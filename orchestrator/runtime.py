@@ -15,7 +15,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import httpx
 import hypercorn.config
 import hypercorn.trio
 import trio
@@ -38,15 +37,6 @@ def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def upstream_client() -> httpx.AsyncClient:
-    """The one HTTP client for talking to children: no read timeout (generations are long)."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=5.0, read=None, write=30.0, pool=None),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-        trust_env=False,  # children are on loopback: never through a proxy from the environment
-    )
-
-
 class Daemon:
     """The whole orchestrator for one configuration."""
 
@@ -63,10 +53,10 @@ class Daemon:
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``request_shutdown``; started() with the base URL once listening."""
-        async with upstream_client() as http, trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
             watchdog = Watchdog(own_state_file())
             await nursery.start(watchdog.run)
-            pool = self.pool = Pool(self.routes, http, watchdog)
+            pool = self.pool = Pool(self.routes, watchdog)
             await nursery.start(pool.run)
             stats = StatsSampler(pool)
             await nursery.start(stats.run)

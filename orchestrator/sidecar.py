@@ -9,6 +9,7 @@ and after every exit the group is swept again so no grandchild survives.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import subprocess
@@ -16,12 +17,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import httpx
 import trio
 
 from orchestrator import logtail, policy, procgroup
 from orchestrator.config import LlamaServerSettings
-from orchestrator.errors import SpawnError
+from orchestrator.errors import SpawnError, UpstreamError
 from orchestrator.policy import State, StopReason
 from orchestrator.routing import CHILD_HOST, SidecarSpec
 from orchestrator.upstream import Upstream
@@ -49,7 +49,6 @@ class Sidecar:
         *,
         env: Mapping[str, str],
         settings: LlamaServerSettings,
-        http: httpx.AsyncClient,
         allocate_port: Callable[[], int],
         restarts: int = 0,
         on_event: Callable[[Sidecar, str, dict[str, Any]], None] = lambda _s, _k, _d: None,
@@ -73,7 +72,6 @@ class Sidecar:
         self.stderr = logtail.LogFeed(TAIL_LINES)
         self._env = dict(env)
         self._settings = settings
-        self._http = http
         self._allocate_port = allocate_port
         self._on_event = on_event  # told: starting, ready, unhealthy, exited
         self._settled = trio.Event()  # ready, or gone
@@ -213,7 +211,7 @@ class Sidecar:
                 life.start_soon(self._cancel_when_exited, process, life.cancel_scope)
                 timeout = self._settings.health_timeout_s
                 with trio.move_on_after(timeout) as loading:
-                    await self._wait_until_ready(port)
+                    await self._wait_until_ready()
                 if loading.cancelled_caught:
                     self.failure = SpawnError(
                         f"llama-server did not become ready within {timeout:g} s "
@@ -221,7 +219,7 @@ class Sidecar:
                         self.stderr.tail(ERROR_TAIL_LINES),
                     )
                 else:
-                    await self._serve_until_unhealthy(port, task_status)
+                    await self._serve_until_unhealthy(task_status)
                 life.cancel_scope.cancel()
             if process is None:  # stopped before the process had even started
                 self.failure = SpawnError(f"llama-server was stopped before it started ({self.stop_detail})")
@@ -241,16 +239,16 @@ class Sidecar:
         self.failure = self._exit_while_loading(process.returncode)
         return False
 
-    async def _read_slots(self, port: int) -> int:
+    async def _read_slots(self) -> int:
         try:
-            response = await self._http.get(f"http://{CHILD_HOST}:{port}/props", timeout=2.0)
-            return max(1, int(response.json()["total_slots"]))
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            _status, body = await self.upstream.get("/props", timeout_s=2.0)
+            return max(1, int(json.loads(body)["total_slots"]))
+        except (UpstreamError, ValueError, KeyError, TypeError):
             return DEFAULT_SLOTS  # an older or odd llama-server: assume its default
 
-    async def _serve_until_unhealthy(self, port: int, task_status: trio.TaskStatus[None]) -> None:
+    async def _serve_until_unhealthy(self, task_status: trio.TaskStatus[None]) -> None:
         """Mark the child ready, tell whoever started us, then watch its health."""
-        self.slots = await self._read_slots(port)
+        self.slots = await self._read_slots()
         if self.state is State.STARTING:
             self.state = State.READY
         self.ready_at = time.time()
@@ -259,7 +257,7 @@ class Sidecar:
         self._settled.set()
         self._on_event(self, "ready", {"load_s": round(self.ready_at - self.started_at, 3)})
         task_status.started()
-        await self._monitor_health(port)
+        await self._monitor_health()
         self.state = State.UNHEALTHY
         self.stop_reason = StopReason.UNHEALTHY
         self.stop_detail = f"/health failed {policy.HEALTH_FAILURE_LIMIT} times in a row"
@@ -282,6 +280,9 @@ class Sidecar:
 
     async def _terminate(self, process: trio.Process) -> None:
         """SIGTERM, a grace period, then SIGKILL for the whole group."""
+        # llama-server's shutdown waits for open client connections (0.1 s more with one idle
+        # kept-alive one): close ours first. Nothing new can be sent to a child being stopped.
+        self.upstream.close()
         procgroup.request_stop(process)
         with trio.move_on_after(self._settings.stop_grace_s):
             await process.wait()
@@ -304,30 +305,30 @@ class Sidecar:
             if _BIND_FAILED in text:
                 self._port_taken = True
 
-    async def _health_status(self, port: int, timeout_s: float) -> int | None:
+    async def _health_status(self, timeout_s: float) -> int | None:
         """The HTTP status of /health, or None when the child does not answer."""
         try:
-            response = await self._http.get(f"http://{CHILD_HOST}:{port}/health", timeout=timeout_s)
-        except httpx.HTTPError:
+            status, _body = await self.upstream.get("/health", timeout_s)
+        except UpstreamError:
             return None  # refused (not listening yet, or dead) or timed out: not healthy
-        return response.status_code
+        return status
 
-    async def _wait_until_ready(self, port: int) -> None:
+    async def _wait_until_ready(self) -> None:
         """Poll /health (503 = loading, 200 = ready), waking early on a stderr hint."""
         delay = READY_POLL_FIRST_S
-        while await self._health_status(port, timeout_s=1.0) != 200:
+        while await self._health_status(timeout_s=1.0) != 200:
             with trio.move_on_after(delay):
                 await self._hint.wait()
             self._hint = trio.Event()
             delay = min(delay * 2, READY_POLL_MAX_S)
 
-    async def _monitor_health(self, port: int) -> None:
+    async def _monitor_health(self) -> None:
         """Return once /health has failed HEALTH_FAILURE_LIMIT times in a row."""
         interval = self._settings.health_interval_s
         failures = 0
         while not policy.unhealthy(failures):
             await trio.sleep(interval)
-            healthy = await self._health_status(port, timeout_s=min(5.0, max(1.0, interval))) == 200
+            healthy = await self._health_status(timeout_s=min(5.0, max(1.0, interval))) == 200
             failures = 0 if healthy else failures + 1
 
     def _exit_while_loading(self, returncode: int) -> SpawnError:

@@ -162,6 +162,14 @@ class Upstream:
                 raise
             return UpstreamResponse(self, connection, head, idle_timeout_s)
 
+    async def get(self, target: str, timeout_s: float) -> tuple[int, bytes]:
+        """A small GET (health, props): its status and whole body, each wait bounded by ``timeout_s``."""
+        response = await self.request("GET", target, [], b"", timeout_s)
+        try:
+            return response.status, b"".join([chunk async for chunk in response.chunks()])
+        finally:
+            response.close()
+
     async def _exchange(
         self, connection: _Connection, request: h11.Request, body: bytes, idle_timeout_s: float
     ) -> h11.Response:

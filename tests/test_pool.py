@@ -14,14 +14,13 @@ from orchestrator.config import Config
 from orchestrator.errors import BackoffError, SpawnError
 from orchestrator.policy import State, StopReason
 from orchestrator.pool import Pool
-from orchestrator.runtime import upstream_client
 from tests.conftest import make_config, pid_alive, routes_for, wait_until
 
 
 @asynccontextmanager
 async def running_pool(config: Config, binary: LlamaServerBinary) -> AsyncIterator[Pool]:
-    async with upstream_client() as http, trio.open_nursery() as nursery:
-        pool = Pool(routes_for(config, binary), http)
+    async with trio.open_nursery() as nursery:
+        pool = Pool(routes_for(config, binary))
         await nursery.start(pool.run)
         yield pool
         nursery.cancel_scope.cancel()

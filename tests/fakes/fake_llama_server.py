@@ -15,6 +15,8 @@ JSON object:
     stderr_flood_lines  print this many stderr lines once ready
     tokens              tokens per reply (default 4)
     token_delay_s       pause between streamed tokens
+    sigterm_waits_s     on SIGTERM, wait up to this long for clients to close their
+                        connections first, as llama-server does, and say if any stayed open
 
 ``--help`` prints the llama-server help shipped in orchestrator/data. Like
 llama-server it binds first, answers 503 while loading, logs "model
@@ -48,12 +50,20 @@ class State:
     ready = threading.Event()
     health = "ok"
     requests = 0
+    open_connections = 0  # client connections not yet closed (kept-alive ones included)
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body are separate writes: with Nagle on, the body waits for a delayed ACK (~40 ms).
     disable_nagle_algorithm = True
+
+    def handle(self) -> None:
+        State.open_connections += 1
+        try:
+            super().handle()  # every request on this connection, until the client closes it
+        finally:
+            State.open_connections -= 1
 
     def log_message(self, format: str, *args: Any) -> None:
         log(f"srv  log_server_r: request: {self.command} {self.path} {args[1] if len(args) > 1 else ''}")
@@ -164,7 +174,12 @@ def flood(lines: int, batch: int, pause_s: float) -> None:
 
 
 def on_sigterm(_signum: int, _frame: object) -> None:
-    log("fake: SIGTERM, shutting down")
+    log(f"fake: SIGTERM, shutting down with {State.open_connections} client connection(s) open")
+    deadline = time.monotonic() + float(State.behaviour.get("sigterm_waits_s", 0))
+    while State.open_connections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if State.open_connections:
+        log(f"fake: {State.open_connections} client connection(s) still open; exiting anyway")
     os._exit(0)
 
 
