@@ -9,11 +9,10 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from orchestrator.admin import Reloader, register_admin_routes
-from orchestrator.app_resources import RequestResources
+from orchestrator.app_resources import ExchangeEnd
 from orchestrator.auth import AccessPolicy, presented_key
 from orchestrator.errors import OrchestratorError
 from orchestrator.httperrors import error_response, response_for
-from orchestrator.keepalive import FinishExchanges
 from orchestrator.pool import Pool
 from orchestrator.proxy import register_openai_routes
 from orchestrator.stats import StatsSampler
@@ -27,7 +26,7 @@ def create_app(pool: Pool, stats: StatsSampler, reload: Reloader) -> QuartTrio:
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["BODY_TIMEOUT"] = None
     app.config["MAX_CONTENT_LENGTH"] = pool.routes.config.server.max_body_bytes  # fixed until restart
-    app.asgi_app = FinishExchanges(RequestResources(app.asgi_app))  # type: ignore[method-assign]
+    app.asgi_app = ExchangeEnd(app.asgi_app)  # type: ignore[method-assign]
 
     def refusal() -> Response | None:
         server = pool.routes.config.server  # keys may change on reload

@@ -1,9 +1,19 @@
-"""Per-request resources released when the HTTP exchange ends, however it ends.
+"""The end of each HTTP exchange: what it holds is released, and its last send is not cut short.
 
-quart-trio may cancel a handler after it returned its response but before the
-body was entered; a lease released only by the body generator would leak
-then. So everything a request holds goes on an exit stack in the ASGI scope,
-and a thin ASGI wrapper closes it once the exchange is over.
+Resources: quart-trio may cancel a handler after it returned its response but
+before the body was entered; a lease released only by the body generator
+would leak then. So everything a request holds goes on an exit stack in the
+ASGI scope, closed once the exchange is over, however it ends.
+
+The last send: an exchange ends with the app's last ``http.response.body``
+send. Inside that call hypercorn tells the app the exchange is over
+(``http.disconnect``) and then re-arms the connection's idle task, the one
+that closes an idle keep-alive connection after ``keep_alive_timeout`` and at
+shutdown. quart-trio cancels the request's tasks the moment it sees that
+disconnect, which can land while hypercorn is still re-arming: the connection
+would be left with no idle task, stay open for as long as the client likes,
+and hold up a graceful shutdown for its whole grace period. Shielding that
+last send lets hypercorn finish its bookkeeping.
 """
 
 from __future__ import annotations
@@ -12,15 +22,18 @@ from contextlib import AsyncExitStack
 from typing import Any, cast
 
 import trio
-from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
 from quart import request
 
 _RESOURCES = "orchestrator.resources"
 _CLOSE_TIMEOUT_S = 5.0
+# Bounds the shielded send: the last message carries no body to speak of (at most a
+# chunked terminator), so only a client that stopped reading could hold it up.
+_LAST_SEND_TIMEOUT_S = 5.0
 
 
-class RequestResources:
-    """ASGI middleware: an exit stack per HTTP exchange, closed when it ends."""
+class ExchangeEnd:
+    """ASGI middleware: an exit stack per HTTP exchange, closed when it ends; the last send shielded."""
 
     def __init__(self, app: ASGIFramework) -> None:
         self._app = app
@@ -29,10 +42,18 @@ class RequestResources:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+
+        async def send_last_shielded(message: ASGISendEvent) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                with trio.CancelScope(shield=True), trio.move_on_after(_LAST_SEND_TIMEOUT_S):
+                    await send(message)
+            else:
+                await send(message)
+
         stack = AsyncExitStack()
         cast(dict[str, Any], scope)[_RESOURCES] = stack
         try:
-            await self._app(scope, receive, send)
+            await self._app(scope, receive, send_last_shielded)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
                 await stack.aclose()

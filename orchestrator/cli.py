@@ -91,10 +91,7 @@ async def _doctor(routes: RouteTable) -> str:
                 response = await sidecar.upstream.request(
                     "POST", "/v1/chat/completions", json_type, json.dumps(body).encode(), idle_timeout_s=120
                 )
-                try:
-                    text = b"".join([chunk async for chunk in response.chunks()]).decode("utf-8", "replace")
-                finally:
-                    response.close()
+                text = (await response.read()).decode("utf-8", "replace")
             except UpstreamError as error:
                 raise CommandError(f"llama-server failed on its first request: {error}") from error
             if response.status != 200:

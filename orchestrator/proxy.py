@@ -2,7 +2,7 @@
 
 The body is forwarded untouched (less our ``llama_flags`` field) and the
 child's response comes back chunk by chunk, SSE included. The lease and the
-upstream response go on the request's exit stack (see app.RequestResources),
+upstream response go on the request's exit stack (see app_resources.ExchangeEnd),
 so they are released however the exchange ends.
 """
 
@@ -12,6 +12,7 @@ import json
 import logging
 import shlex
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from quart import Response, request
@@ -38,8 +39,9 @@ _DROPPED_RESPONSE_HEADERS = frozenset(
 async def _relay(upstream: UpstreamResponse) -> AsyncIterator[bytes]:
     """The child's body, chunk by chunk; an SSE stream that breaks ends with an error event."""
     try:
-        async for chunk in upstream.chunks():
-            yield chunk
+        async with aclosing(upstream.chunks()) as chunks:  # closed at once when the client leaves
+            async for chunk in chunks:
+                yield chunk
     except UpstreamError as failure:
         log.warning("%s", failure)
         if upstream.header("content-type").startswith("text/event-stream"):

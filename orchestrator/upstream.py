@@ -16,7 +16,8 @@ a response read to its end returns its connection for the next request.
 from __future__ import annotations
 
 import errno
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 
 import h11
 import trio
@@ -83,7 +84,7 @@ class UpstreamResponse:
         """A response header's value ('' if absent); ``name`` in lower case, as h11 gives them all."""
         return next((value for key, value in self.headers if key == name), "")
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes]:
         """The body as the child sends it; UpstreamError (or UpstreamTimeoutError) if it breaks off."""
         connection = self._connection
         assert connection is not None, "the response was closed"
@@ -99,6 +100,14 @@ class UpstreamResponse:
             elif isinstance(event, h11.EndOfMessage):
                 self._complete = True
                 return
+
+    async def read(self) -> bytes:
+        """The whole body (for small responses), then close."""
+        try:
+            async with aclosing(self.chunks()) as chunks:
+                return b"".join([chunk async for chunk in chunks])
+        finally:
+            self.close()
 
     def close(self) -> None:
         """Give the connection back if the response was read to its end; else close it."""
@@ -148,13 +157,24 @@ class Upstream:
             raise UpstreamError(f"{self._label} has exited")
         all_headers = [("host", f"{self.host}:{self.port}"), *headers, ("content-length", str(len(body)))]
         request = h11.Request(method=method, target=target, headers=all_headers)
+        stale_cause: BaseException | None = None  # why the last kept-alive connection failed
         while True:
-            connection = self._idle.pop() if self._idle else await self._connect()
+            if self._idle:
+                connection = self._idle.pop()
+            else:
+                try:
+                    connection = await self._connect()
+                except UpstreamError as refused:
+                    if stale_cause is None:
+                        raise
+                    # It closed a connection that had our request and takes no new one: it died on it.
+                    raise self.failure("did not answer", stale_cause) from refused
             try:
                 head = await self._exchange(connection, request, body, idle_timeout_s)
             except _Stale as stale:
                 connection.close()
                 if connection.reused:
+                    stale_cause = stale.__cause__
                     continue  # the next try takes another kept-alive connection, or a fresh one
                 raise self.failure("did not answer", stale.__cause__) from stale.__cause__
             except BaseException:
@@ -165,10 +185,7 @@ class Upstream:
     async def get(self, target: str, timeout_s: float) -> tuple[int, bytes]:
         """A small GET (health, props): its status and whole body, each wait bounded by ``timeout_s``."""
         response = await self.request("GET", target, [], b"", timeout_s)
-        try:
-            return response.status, b"".join([chunk async for chunk in response.chunks()])
-        finally:
-            response.close()
+        return response.status, await response.read()
 
     async def _exchange(
         self, connection: _Connection, request: h11.Request, body: bytes, idle_timeout_s: float

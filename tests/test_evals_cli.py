@@ -66,6 +66,12 @@ def rows(results: Path) -> list[tuple[str, str, float]]:
         return list(db.execute("SELECT run_id, question_id, created FROM results ORDER BY created"))
 
 
+def run_args(suite: str, *, limit: int, max_tokens: int, url: str, results: Path) -> tuple[str, ...]:
+    """`eval run` of SmolLM2 on the daemon at ``url``."""
+    return ("run", "--suite", suite, "--model", "smollm2", "--limit", str(limit), "--max-tokens",
+            str(max_tokens), "--url", f"{url}/v1", "--results", str(results))  # fmt: skip
+
+
 def smollm2(tmp_path: Path, demo_model: Path, **extra: Any) -> Any:
     return make_config(tmp_path, {"smollm2": {"path": str(demo_model), "flags": ["-c", "4096"]}}, **extra)
 
@@ -75,8 +81,7 @@ async def test_each_suite_answers_its_first_3_questions_and_the_same_command_the
 ) -> None:
     results = tmp_path / "results"
     async with counted_daemon(tmp_path, real_binary, smollm2(tmp_path, demo_model)) as (url, counter):
-        command = ("run", "--suite", "all", "--model", "smollm2", "--limit", "3", "--max-tokens", "128",
-                   "--url", f"{url}/v1", "--results", str(results))  # fmt: skip
+        command = run_args("all", limit=3, max_tokens=128, url=url, results=results)
         code, out, err = await run(*command)
         assert code == 0, err[-2000:]
         assert counter.started == 9
@@ -104,8 +109,7 @@ async def test_a_run_killed_in_the_middle_continues_where_it_stopped(
 ) -> None:
     results = tmp_path / "results"
     async with counted_daemon(tmp_path, real_binary, smollm2(tmp_path, demo_model)) as (url, counter):
-        command = ("run", "--suite", "gsm8k", "--model", "smollm2", "--limit", "6", "--max-tokens", "96",
-                   "--url", f"{url}/v1", "--results", str(results))  # fmt: skip
+        command = run_args("gsm8k", limit=6, max_tokens=96, url=url, results=results)
         process = await trio.lowlevel.open_process(eval_command(*command), stderr=subprocess.DEVNULL)
         try:
             await wait_until(lambda: (results / "evals.sqlite3").exists() and len(rows(results)) >= 2, 120)

@@ -7,14 +7,14 @@ The child is a small scripted h11 server, so each behaviour of a real one
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 
 import h11
 import pytest
 import trio
 
 from orchestrator.errors import UpstreamError, UpstreamTimeoutError
-from orchestrator.upstream import Upstream, UpstreamResponse
+from orchestrator.upstream import Upstream
 from tests.conftest import free_port, wait_until
 
 Handler = Callable[[trio.SocketStream, h11.Connection], Awaitable[bool]]  # True: keep the connection
@@ -34,6 +34,8 @@ class ScriptedChild:
         self.closed_by_client = 0
         self.requests: list[str] = []
         self.client_left = trio.Event()
+        self.alive = trio.CancelScope()
+        self.dead = trio.Event()
         self.proceed_send, self.proceed = trio.open_memory_channel[None](0)
         self.handlers: dict[str, Handler] = {
             "/plain": self.plain,
@@ -47,8 +49,15 @@ class ScriptedChild:
 
     async def serve(self, *, task_status: trio.TaskStatus[int]) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        task_status.started(listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(self.handle, listeners)
+        with self.alive:
+            task_status.started(listeners[0].socket.getsockname()[1])
+            await trio.serve_listeners(self.handle, listeners)
+        self.dead.set()
+
+    async def die(self) -> None:
+        """Stop listening and drop every connection, as a crashed process does."""
+        self.alive.cancel()
+        await self.dead.wait()
 
     async def handle(self, stream: trio.SocketStream) -> None:
         self.connections += 1
@@ -133,46 +142,40 @@ async def scripted_child() -> AsyncIterator[tuple[ScriptedChild, Upstream]]:
             nursery.cancel_scope.cancel()
 
 
-async def body_of(response: UpstreamResponse) -> bytes:
-    try:
-        return b"".join([chunk async for chunk in response.chunks()])
-    finally:
-        response.close()
-
-
 async def test_a_response_streams_chunk_by_chunk_and_its_connection_serves_the_next_request() -> None:
     async with scripted_child() as (child, upstream):
         response = await upstream.request("POST", "/stream", [("content-type", "application/json")], b"{}", 5)
         assert response.status == 200 and response.header("transfer-encoding") == "chunked"
-        chunks = response.chunks()
-        for expected in (b"one ", b"two ", b"three"):
-            await child.proceed_send.send(None)  # the child sends the next chunk only now
-            assert await chunks.__anext__() == expected
-        with pytest.raises(StopAsyncIteration):
-            await chunks.__anext__()
+        async with aclosing(response.chunks()) as chunks:
+            for expected in (b"one ", b"two ", b"three"):
+                await child.proceed_send.send(None)  # the child sends the next chunk only now
+                assert await chunks.__anext__() == expected
+            with pytest.raises(StopAsyncIteration):
+                await chunks.__anext__()
         response.close()
 
         plain = await upstream.request("POST", "/plain", [], b"", 5)
-        assert plain.header("x-child") == "yes" and await body_of(plain) == b"ok"
+        assert plain.header("x-child") == "yes" and await plain.read() == b"ok"
     assert child.connections == 1 and child.requests == ["/stream", "/plain"]
 
 
 async def test_a_kept_alive_connection_the_child_closed_is_resent_on_a_fresh_one() -> None:
     async with scripted_child() as (child, upstream):
-        assert await body_of(await upstream.request("POST", "/then-close", [], b"", 5)) == b"ok"
+        assert await (await upstream.request("POST", "/then-close", [], b"", 5)).read() == b"ok"
         # The pooled connection is closed by now; the request goes again on a new one, once.
-        assert await body_of(await upstream.request("POST", "/plain", [], b"", 5)) == b"ok"
+        assert await (await upstream.request("POST", "/plain", [], b"", 5)).read() == b"ok"
     assert child.connections == 2 and child.requests == ["/then-close", "/plain"]
 
 
 async def test_an_abandoned_response_closes_its_connection_so_the_child_sees_the_client_leave() -> None:
     async with scripted_child() as (child, upstream):
         response = await upstream.request("POST", "/until-gone", [], b"", 5)
-        assert await response.chunks().__anext__() == b"one"
+        async with aclosing(response.chunks()) as chunks:
+            assert await chunks.__anext__() == b"one"
         response.close()
         with trio.fail_after(5):
             await child.client_left.wait()
-        assert await body_of(await upstream.request("POST", "/plain", [], b"", 5)) == b"ok"
+        assert await (await upstream.request("POST", "/plain", [], b"", 5)).read() == b"ok"
     assert child.connections == 2  # the abandoned connection was not reused
 
 
@@ -181,10 +184,10 @@ async def test_silence_before_the_headers_or_between_chunks_is_a_timeout() -> No
         with pytest.raises(UpstreamTimeoutError, match=r"\[sidecar:test\] sent nothing for 0\.2 s"):
             await upstream.request("POST", "/silent", [], b"", 0.2)
         response = await upstream.request("POST", "/one-then-silent", [], b"", 0.2)
-        chunks = response.chunks()
-        assert await chunks.__anext__() == b"one"
-        with pytest.raises(UpstreamTimeoutError, match=r"sent nothing for 0\.2 s"):
-            await chunks.__anext__()
+        async with aclosing(response.chunks()) as chunks:
+            assert await chunks.__anext__() == b"one"
+            with pytest.raises(UpstreamTimeoutError, match=r"sent nothing for 0\.2 s"):
+                await chunks.__anext__()
         response.close()
 
 
@@ -198,16 +201,25 @@ async def test_a_child_that_does_not_listen_or_hangs_up_is_an_upstream_error() -
         assert not isinstance(failure.value, UpstreamTimeoutError)
 
 
+async def test_a_child_that_died_with_our_request_on_a_kept_alive_connection_did_not_answer() -> None:
+    async with scripted_child() as (child, upstream):
+        assert await (await upstream.request("POST", "/plain", [], b"", 5)).read() == b"ok"  # now kept alive
+        await child.die()
+        with pytest.raises(UpstreamError, match=r"\[sidecar:test\] did not answer") as failure:
+            await upstream.request("POST", "/plain", [], b"", 5)  # resent, but nothing listens any more
+        assert not isinstance(failure.value, UpstreamTimeoutError)
+
+
 async def test_closing_ends_idle_connections_and_those_released_later_and_refuses_new_requests() -> None:
     async with scripted_child() as (child, upstream):
         busy = await upstream.request("POST", "/plain", [], b"", 5)
         idle = await upstream.request("POST", "/plain", [], b"", 5)
-        assert await body_of(idle) == b"ok"  # read to its end: its connection waits for the next request
+        assert await idle.read() == b"ok"  # read to its end: its connection waits for the next request
         assert child.connections == 2 and child.closed_by_client == 0
 
         upstream.close()  # the child process is gone
         await wait_until(lambda: child.closed_by_client == 1, timeout_s=5)  # the idle connection
-        assert await body_of(busy) == b"ok"
+        assert await busy.read() == b"ok"
         await wait_until(lambda: child.closed_by_client == 2, timeout_s=5)  # released: closed, not kept
         with pytest.raises(UpstreamError, match=r"\[sidecar:test\] has exited"):
             await upstream.request("POST", "/plain", [], b"", 5)  # its port may be another child's now

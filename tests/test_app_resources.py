@@ -1,4 +1,4 @@
-"""Idle keep-alive connections: the server keeps managing them after every exchange.
+"""The end of each exchange: idle keep-alive connections stay managed after every one.
 
 Agents hold pooled connections to the daemon between requests. Such an idle
 connection must be closed when the daemon shuts down (not wait out
