@@ -171,14 +171,20 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def our_children() -> set[int]:
+    return {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}
+
+
+def assert_no_children_since(before: set[int]) -> None:
+    """No child process of ours started since ``before`` is still alive."""
+    leftovers = [p for p in psutil.Process(os.getpid()).children(recursive=True)
+                 if p.pid not in before and pid_alive(p.pid)]  # fmt: skip
+    assert not leftovers, f"processes left behind: {[(p.pid, p.cmdline()) for p in leftovers]}"
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_children() -> Iterator[None]:
     """Every test must leave no child process of ours behind."""
-    before = {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}
+    before = our_children()
     yield
-    leftovers = [
-        p
-        for p in psutil.Process(os.getpid()).children(recursive=True)
-        if p.pid not in before and pid_alive(p.pid)
-    ]
-    assert not leftovers, f"processes left behind: {[(p.pid, p.cmdline()) for p in leftovers]}"
+    assert_no_children_since(before)

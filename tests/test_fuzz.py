@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from orchestrator.bundled import LlamaServerBinary
 from orchestrator.runtime import Daemon
-from tests.conftest import FAKE_SERVER, make_config, routes_for
+from tests.conftest import FAKE_SERVER, assert_no_children_since, make_config, our_children, routes_for
 
 PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/api/sidecars",
          "/api/sidecars/zz", "/api/sidecars/zz/restart", "/api/models/nope/load", "/api/stats", "/health",
@@ -45,9 +45,17 @@ BODIES = st.one_of(
 )
 
 
+@pytest.fixture(autouse=True)
+def no_leftover_children() -> Iterator[None]:
+    """The per-test check does not fit here: this module's daemon and its children outlive each test.
+    ``daemon_url`` checks instead that nothing is left once its daemon has stopped."""
+    yield
+
+
 @pytest.fixture(scope="module")
 def daemon_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A daemon in its own thread (hypothesis drives it from synchronous code); one for all examples."""
+    before = our_children()
     tmp = tmp_path_factory.mktemp("fuzz")
     fake = tmp / "fake-llama-server"
     fake.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_SERVER}" "$@"\n')
@@ -72,6 +80,8 @@ def daemon_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield url
     trio.from_thread.run_sync(daemon.request_shutdown, trio_token=token)
     thread.join(timeout=30)
+    assert not thread.is_alive(), "the daemon did not stop within 30 s"
+    assert_no_children_since(before)  # every child it started is gone with it
 
 
 REQUESTS = st.fixed_dictionaries(
@@ -112,3 +122,5 @@ def test_oversized_body_is_413_and_the_daemon_keeps_serving(daemon_url: str) -> 
     deep = b"[" * 100_000 + b"]" * 100_000
     assert httpx.post(f"{daemon_url}/v1/chat/completions", content=deep[:4000], timeout=30).status_code == 400
     assert httpx.get(f"{daemon_url}/health", timeout=30).status_code == 200
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}  # starts a child
+    assert httpx.post(f"{daemon_url}/v1/chat/completions", json=chat, timeout=30).status_code == 200
