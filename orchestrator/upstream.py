@@ -206,9 +206,7 @@ class Upstream:
         try:
             with trio.fail_after(CONNECT_TIMEOUT_S):
                 stream = await trio.open_tcp_stream(self.host, self.port)
-        except trio.TooSlowError as error:
-            raise self.failure("did not accept a connection", error) from error
-        except OSError as error:
+        except (trio.TooSlowError, OSError) as error:  # not listening (any more), or not accepting
             raise self.failure("did not accept a connection", error) from error
         return _Connection(stream)
 
