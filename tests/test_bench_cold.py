@@ -23,7 +23,8 @@ def test_cold_start_and_swaps_are_measured_and_split(
         for run in report["runs"][phase]:
             assert run["ttft_ms"] > run["llama_load_ms"] > 0
             assert run["spawn_ms"] > 0
-            assert 0 <= run["readiness_lag_ms"] < 1000
+            # The /health poll may beat the "listening" line through the pipe by a little, never by much.
+            assert -50 <= run["readiness_lag_ms"] < 1000
     warm_ttft, _ = report["warm_ttft_ms"]
     cold_ttft, _ = report["summary"]["cold"]["ttft_ms"]
     assert 0 < warm_ttft < cold_ttft  # a cold start costs a load

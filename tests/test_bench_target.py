@@ -23,8 +23,14 @@ async def test_a_sigkilled_tool_takes_its_daemon_and_the_daemons_children_along(
         def family() -> list[psutil.Process]:
             return psutil.Process(tool.pid).children(recursive=True)
 
+        def command_line(process: psutil.Process) -> str:
+            try:
+                return " ".join(process.cmdline())
+            except psutil.NoSuchProcess:  # exited (or a zombie) since it was listed
+                return ""
+
         def serving() -> bool:  # the daemon and a llama-server under it
-            names = " ".join(" ".join(p.cmdline()) for p in family())
+            names = " ".join(command_line(p) for p in family())
             return "--until-stdin-closes" in names and "llama-server" in names
 
         await wait_until(serving, timeout_s=60)

@@ -4,6 +4,10 @@ The split comes from timestamps on one clock (the daemon's machine): the
 request sent, the daemon deciding to spawn (``started_at``), llama-server's
 first and "listening" log lines (as the daemon read them), the daemon marking
 the child ready (``ready_at``), and the first token reaching the client.
+
+The readiness lag can be slightly negative: the daemon polls /health as well
+as reading stderr, and the poll may see the child ready a moment before the
+"listening" line has come through the pipe.
 """
 
 from __future__ import annotations
