@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from quart import Response, has_request_context, has_websocket_context, request, websocket
+from quart import Response, has_request_context, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from orchestrator.admin import Reloader, register_admin_routes
 from orchestrator.app_resources import ExchangeEnd
-from orchestrator.auth import AccessPolicy, presented_key
 from orchestrator.errors import OrchestratorError
+from orchestrator.gate import AccessGate
 from orchestrator.httperrors import error_response, response_for
 from orchestrator.pool import Pool
 from orchestrator.proxy import register_openai_routes
@@ -26,32 +26,10 @@ def create_app(pool: Pool, stats: StatsSampler, reload: Reloader) -> QuartTrio:
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["BODY_TIMEOUT"] = None
     app.config["MAX_CONTENT_LENGTH"] = pool.routes.config.server.max_body_bytes  # fixed until restart
-    app.asgi_app = ExchangeEnd(app.asgi_app)  # type: ignore[method-assign]
-
-    def refusal() -> Response | None:
-        server = pool.routes.config.server  # keys may change on reload
-        policy = AccessPolicy(server.api_keys, server.admin_keys)
-        connection = websocket if has_websocket_context() else request
-        headers = connection.headers
-        presented = presented_key(
-            headers.get("authorization"), headers.get("x-api-key"), connection.args.get("key")
-        )
-        if policy.allows(connection.path, presented):
-            return None
-        return error_response(
-            401,
-            f"{connection.path} needs a key: send 'Authorization: Bearer KEY' or 'x-api-key: KEY'",
-            "invalid_request_error",
-            "invalid_api_key",
-        )
-
-    @app.before_request
-    async def check_request_key() -> Response | None:
-        return refusal()
-
-    @app.before_websocket
-    async def check_websocket_key() -> Response | None:
-        return refusal()
+    # Outermost: nothing is reached before the host, origin and key rules are passed.
+    app.asgi_app = AccessGate(  # type: ignore[method-assign]
+        ExchangeEnd(app.asgi_app), lambda: pool.routes.config.server  # the keys may change on reload
+    )
 
     @app.errorhandler(OrchestratorError)
     async def orchestrator_error(error: OrchestratorError) -> Response:

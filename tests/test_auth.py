@@ -11,7 +11,15 @@ import httpx
 import pytest
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from orchestrator.auth import AccessPolicy, exposure_problem, presented_key
+from orchestrator.auth import (
+    AccessRules,
+    Exchange,
+    Origin,
+    exposure_problem,
+    parse_origin,
+    presented_key,
+    split_host_header,
+)
 from orchestrator.bundled import LlamaServerBinary
 from orchestrator.cli import main
 from orchestrator.config import load_config
@@ -24,16 +32,16 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def test_policy() -> None:
-    both = AccessPolicy((API_KEY,), (ADMIN_KEY,))
+    both = AccessRules((API_KEY,), (ADMIN_KEY,))
     assert both.allows("/v1/chat/completions", API_KEY) and both.allows("/v1/models", ADMIN_KEY)
     assert not both.allows("/v1/models", None) and not both.allows("/v1/models", "sk-wrong-0123456789")
     assert both.allows("/api/sidecars", ADMIN_KEY) and not both.allows("/api/sidecars", API_KEY)
     assert both.allows("/health", None) and both.allows("/", None) and both.allows("/web/app.js", None)
-    api_only = AccessPolicy((API_KEY,), ())
+    api_only = AccessRules((API_KEY,), ())
     assert not api_only.allows("/api/sidecars", None) and api_only.allows(
         "/ws/events", API_KEY
     )  # never more open
-    assert AccessPolicy().allows("/api/sidecars", None)  # no keys configured: loopback default, open
+    assert AccessRules().allows("/api/sidecars", None)  # no keys configured: loopback default, open
 
 
 def test_presented_key_forms() -> None:
@@ -47,16 +55,16 @@ def test_presented_key_forms() -> None:
 @pytest.mark.parametrize(
     ("host", "policy", "refused"),
     [
-        ("127.0.0.1", AccessPolicy(), False),
-        ("::1", AccessPolicy(), False),
-        ("localhost", AccessPolicy(), False),
-        ("0.0.0.0", AccessPolicy(), True),
-        ("0.0.0.0", AccessPolicy((API_KEY,), ()), True),
-        ("192.168.1.5", AccessPolicy((API_KEY,), (ADMIN_KEY,)), False),
-        ("myhost.lan", AccessPolicy(), True),
+        ("127.0.0.1", AccessRules(), False),
+        ("::1", AccessRules(), False),
+        ("localhost", AccessRules(), False),
+        ("0.0.0.0", AccessRules(), True),
+        ("0.0.0.0", AccessRules((API_KEY,), ()), True),
+        ("192.168.1.5", AccessRules((API_KEY,), (ADMIN_KEY,)), False),
+        ("myhost.lan", AccessRules(), True),
     ],
 )
-def test_exposure(host: str, policy: AccessPolicy, refused: bool) -> None:
+def test_exposure(host: str, policy: AccessRules, refused: bool) -> None:
     assert (exposure_problem(host, policy) is not None) == refused
 
 
@@ -136,3 +144,107 @@ async def test_every_protected_route_refuses_without_a_key_and_opens_with_one(
         bearer = [(b"authorization", f"Bearer {ADMIN_KEY}".encode())]
         async with open_websocket_url(f"{ws}/ws/events", extra_headers=bearer) as feed:
             assert '"snapshot"' in await feed.get_message()
+
+
+def test_parsing_host_headers_and_origins() -> None:
+    assert split_host_header("LocalHost:8080") == ("localhost", 8080)
+    assert split_host_header("[::1]:80") == ("::1", 80)
+    assert split_host_header("127.0.0.1") == ("127.0.0.1", None)
+    for bad in ("", "evil.example:http", "[::1", "a b", "host:0", "host:70000", "x/y"):
+        assert split_host_header(bad) is None, bad
+    assert parse_origin("HTTP://LocalHost:8080") == Origin("http", "localhost", 8080)
+    assert parse_origin("https://chat.example.com") == Origin("https", "chat.example.com", 443)
+    assert parse_origin("http://[::1]:3000") == Origin("http", "::1", 3000)
+    assert str(Origin("http", "::1", 3000)) == "http://[::1]:3000"
+    for bad in (
+        "null",
+        "file://",
+        "http://x.example/path",
+        "ftp://x.example",
+        "http://:80",
+        "http://a:99999",
+    ):
+        assert parse_origin(bad) is None, bad
+
+
+OURS = ("127.0.0.1", 8080)  # the address a loopback connection arrived on
+
+
+def exchange(host: str | None = "127.0.0.1:8080", origin: str | None = None, path: str = "/api/config",
+             key: str | None = None, local: tuple[str, int] = OURS) -> Exchange:  # fmt: skip
+    return Exchange(path, host, origin, key, local)
+
+
+@pytest.mark.parametrize(
+    ("rules", "request_", "code"),
+    [
+        # The loopback default: our own names pass, any other name is refused (DNS rebinding).
+        (AccessRules(), exchange(), None),
+        (AccessRules(), exchange("localhost:8080"), None),
+        (AccessRules(), exchange("[::1]:8080"), None),
+        (AccessRules(), exchange("localhost"), None),  # any port, or none
+        (AccessRules(), exchange(None), None),  # HTTP/1.0 without Host: not a browser
+        (AccessRules(), exchange("evil.example:8080"), "host_not_allowed"),
+        (AccessRules(), exchange("localhost.evil.example"), "host_not_allowed"),
+        (AccessRules(), exchange("127.0.0.1:8080@evil"), "host_not_allowed"),
+        (AccessRules(allowed_hosts=("box.lan",)), exchange("box.lan:8080"), None),
+        (AccessRules(allowed_hosts=("*",)), exchange("anything.example"), None),
+        # A network bind requires keys: any Host, unless allowed_hosts narrows it.
+        (AccessRules(("k" * 16,), bind_host="0.0.0.0"), exchange("box.lan", key="k" * 16), None),
+        (
+            AccessRules(bind_host="0.0.0.0", allowed_hosts=("box.lan",)),
+            exchange("other.lan"),
+            "host_not_allowed",
+        ),
+        (AccessRules(bind_host="192.168.1.5"), exchange("192.168.1.5:8080"), None),
+        # Origin: our dashboard's own (names above, the port the connection arrived on), or configured.
+        (AccessRules(), exchange(origin="http://127.0.0.1:8080"), None),
+        (AccessRules(), exchange(origin="http://localhost:8080"), None),
+        (AccessRules(), exchange(origin="http://evil.example"), "origin_not_allowed"),
+        (AccessRules(), exchange(origin="http://127.0.0.1:3000"), "origin_not_allowed"),  # another port
+        (AccessRules(), exchange(origin="null"), "origin_not_allowed"),
+        # Under DNS rebinding Host and Origin are both the attacker's: allowing any Host is not
+        # allowing any Origin.
+        (
+            AccessRules(allowed_hosts=("*",)),
+            exchange("evil.example:8080", "http://evil.example:8080"),
+            "origin_not_allowed",
+        ),
+        (
+            AccessRules(bind_host="0.0.0.0"),
+            exchange("evil.example:8080", "http://evil.example:8080"),
+            "origin_not_allowed",
+        ),
+        (
+            AccessRules(allowed_origins=(Origin("http", "127.0.0.1", 3000),)),
+            exchange(origin="http://127.0.0.1:3000"),
+            None,
+        ),
+        (AccessRules(allowed_hosts=("box.lan",)), exchange("box.lan:8080", "http://box.lan:8080"), None),
+        # On a wildcard bind the address a LAN client reached is ours: its dashboard works by IP.
+        (
+            AccessRules(bind_host="0.0.0.0"),
+            exchange("192.168.1.5:8080", "http://192.168.1.5:8080", local=("192.168.1.5", 8080)),
+            None,
+        ),
+        (
+            AccessRules(bind_host="0.0.0.0"),
+            exchange("192.168.1.5:8080", "http://192.168.1.9:8080", local=("192.168.1.5", 8080)),
+            "origin_not_allowed",
+        ),
+        # Keys come last, and only when host and origin pass.
+        (AccessRules(("k" * 16,)), exchange(), "invalid_api_key"),
+        (AccessRules(("k" * 16,)), exchange("evil.example"), "host_not_allowed"),
+    ],
+)
+def test_host_and_origin_rules(rules: AccessRules, request_: Exchange, code: str | None) -> None:
+    refusal = rules.refusal(request_)
+    assert (refusal and refusal.code) == code
+    if refusal is not None and code != "invalid_api_key":
+        assert refusal.status == 403
+        assert "server.allowed_hosts" in refusal.message or "server.allowed_origins" in refusal.message
+
+
+def test_a_refusal_quotes_a_long_header_only_in_part() -> None:
+    refusal = AccessRules().refusal(exchange(origin="http://" + "a" * 5000 + ".example"))
+    assert refusal is not None and len(refusal.message) < 800

@@ -189,3 +189,31 @@ flags = ["--draft-max", "4"]
     assert "agents.x.flags: --draft-max was removed from llama.cpp" in problems
     assert len(raised.value.problems) == 5
     assert sorted(asked, key=str) == [None, "missing"]  # each binary asked once
+
+
+def test_allowed_hosts_and_origins_are_checked(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text(
+        '[server]\nallowed_hosts = ["box.lan", "[fe80::1]", "http://x.example", "x.example:80"]\n'
+        'allowed_origins = ["https://chat.example.com", "chat.example.com", "http://x.example/path"]\n'
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_config(tmp_path / "c.toml")
+    problems = raised.value.problems
+    assert len(problems) == 4
+    assert any("allowed_hosts: 'http://x.example' is not a host name" in p for p in problems)
+    assert any("allowed_hosts: 'x.example:80' is not a host name" in p for p in problems)
+    assert any("allowed_origins: 'chat.example.com' is not a web origin" in p for p in problems)
+    (tmp_path / "ok.toml").write_text(
+        '[server]\nallowed_hosts = ["box.lan", "[fe80::1]"]\nallowed_origins = ["https://chat.example.com"]\n'
+    )
+    server = load_config(tmp_path / "ok.toml").server
+    assert server.allowed_hosts == ("box.lan", "[fe80::1]")
+    assert server.allowed_origins == ("https://chat.example.com",)
+
+
+def test_any_host_needs_keys(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text('[server]\nallowed_hosts = ["*"]\n')
+    with pytest.raises(ConfigError, match=r"server.allowed_hosts: '\*' \(any Host\) needs server.api_keys"):
+        load_config(tmp_path / "c.toml")
+    (tmp_path / "k.toml").write_text('[server]\nallowed_hosts = ["*"]\napi_keys = ["sk-0123456789abcdef"]\n')
+    assert load_config(tmp_path / "k.toml").server.allowed_hosts == ("*",)

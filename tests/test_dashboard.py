@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from functools import partial
 from pathlib import Path
 
@@ -12,28 +11,9 @@ import pytest
 import trio
 
 from orchestrator.bundled import LlamaServerBinary
-from tests.conftest import make_config, running_daemon
+from tests.conftest import ARTIFACTS, CHROMIUM_ARGS, make_config, running_daemon
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SLOW_S = 60_000  # ms: loading a model on a busy 2-core machine
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        pytest.fail("the dashboard test needs Debian's chromium: apt-get install chromium")
-    return found
 
 
 def drive(url: str, chromium: str) -> None:

@@ -15,6 +15,7 @@ import trio
 
 from orchestrator.bundled import LlamaServerBinary
 from orchestrator.config import load_config
+from orchestrator.errors import ConfigError
 from orchestrator.routing import RouteTable
 from orchestrator.runtime import Daemon, bind_address
 from tests.conftest import free_port, make_config, pid_alive, port_taken, routes_for, wait_until
@@ -160,4 +161,36 @@ async def test_reload_keeps_unchanged_children_drains_the_rest_and_refuses_bad_c
             assert (
                 await client.post(f"{url}/v1/chat/completions", json=body)
             ).status_code == 200  # old config
+        daemon.request_shutdown()
+
+
+async def test_a_reload_that_drops_the_keys_of_a_network_daemon_is_refused(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    path = tmp_path / "c.toml"
+    model = fake_model()
+    keys = 'api_keys = ["sk-api-0123456789abcdef"]\nadmin_keys = ["sk-admin-0123456789abcdef"]\n'
+
+    def write(server_keys: str) -> None:
+        path.write_text(f'[server]\nhost = "0.0.0.0"\nport = 0\n{server_keys}[models.m]\npath = "{model}"\n')
+
+    def load() -> RouteTable:
+        return routes_for(load_config(path), fake_binary)
+
+    write("")
+    with pytest.raises(ConfigError, match=r"refusing to listen on 0\.0\.0\.0 \(not loopback\) without"):
+        Daemon(load(), load)  # the same rule at start as on reload
+    write(keys)
+    daemon = Daemon(load(), load)
+    admin = {"authorization": "Bearer sk-admin-0123456789abcdef"}
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=30) as client:
+        bound = await nursery.start(daemon.run)
+        url = f"http://127.0.0.1:{bound.rsplit(':', 1)[1]}"
+        write("")  # the keys deleted from the file
+        refused = await client.post(f"{url}/api/reload", headers=admin)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_config"
+        [problem] = refused.json()["problems"]
+        assert "without server.api_keys and server.admin_keys" in problem and str(path) in problem
+        assert (await client.get(f"{url}/api/sidecars")).status_code == 401  # the old keys still rule
+        assert (await client.get(f"{url}/api/sidecars", headers=admin)).status_code == 200
         daemon.request_shutdown()
