@@ -8,11 +8,11 @@ from typing import TypeVar
 
 import trio
 
-from orchestrator.bundled import demo_config, find_llama_server
 from orchestrator.config import Config, load_config
+from orchestrator.discovery import demo_config, find_llama_server
 from orchestrator.errors import OrchestratorError, only_errors_of
+from orchestrator.flaghelp import load_flag_table
 from orchestrator.flags import FlagTable
-from orchestrator.flagtable import load_flag_table
 
 T = TypeVar("T")
 

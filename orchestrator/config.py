@@ -41,7 +41,7 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class LlamaServerSettings:
-    bin: str | None = None  # None: find one (see bundled.find_llama_server)
+    bin: str | None = None  # None: find one (see discovery.find_llama_server)
     base_args: tuple[Flag, ...] = ()
     health_timeout_s: float = 120.0
     health_interval_s: float = 5.0

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from orchestrator import flags as flagmod
-from orchestrator.bundled import LlamaServerBinary
 from orchestrator.config import Config, ModelConfig
+from orchestrator.discovery import LlamaServerBinary
 from orchestrator.errors import FlagError, UnknownModelError
 from orchestrator.flags import Flag, FlagTable
 

@@ -19,13 +19,13 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from orchestrator.app import create_app
 from orchestrator.auth import AccessRules, exposure_problem
 from orchestrator.errors import ConfigError, OrchestratorError, leaf_exceptions
-from orchestrator.pool import Pool
+from orchestrator.http.app import create_app
 from orchestrator.routing import RouteTable
-from orchestrator.stats import StatsSampler
-from orchestrator.watchdog import Watchdog, own_state_file
+from orchestrator.supervisor.pool import Pool
+from orchestrator.supervisor.stats import StatsSampler
+from orchestrator.supervisor.watchdog import Watchdog, own_state_file
 
 log = logging.getLogger("orchestrator")
 

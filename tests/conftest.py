@@ -16,17 +16,17 @@ import psutil
 import pytest
 import trio
 
-from orchestrator.bundled import (
+from orchestrator.config import Config, parse_config
+from orchestrator.discovery import (
     BinaryNotFoundError,
     LlamaServerBinary,
     find_demo_model,
     find_llama_server,
 )
-from orchestrator.config import Config, parse_config
-from orchestrator.flagtable import CACHE_DIR_ENV, load_flag_table
+from orchestrator.flaghelp import CACHE_DIR_ENV, load_flag_table
 from orchestrator.routing import RouteTable
 from orchestrator.runtime import Daemon
-from orchestrator.watchdog import STATE_DIR_ENV
+from orchestrator.supervisor.watchdog import STATE_DIR_ENV
 
 FAKE_SERVER = Path(__file__).parent / "fakes" / "fake_llama_server.py"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"  # screenshots

@@ -20,9 +20,9 @@ from orchestrator.auth import (
     presented_key,
     split_host_header,
 )
-from orchestrator.bundled import LlamaServerBinary
 from orchestrator.cli import main
 from orchestrator.config import load_config
+from orchestrator.discovery import LlamaServerBinary
 from orchestrator.errors import ConfigError
 from tests.conftest import make_config, running_daemon
 

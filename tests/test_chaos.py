@@ -26,12 +26,12 @@ import httpx
 import psutil
 import trio
 
-from orchestrator.bundled import LlamaServerBinary
 from orchestrator.config import load_config
+from orchestrator.discovery import LlamaServerBinary
 from orchestrator.policy import State
-from orchestrator.pool import Pool
 from orchestrator.routing import RouteTable
 from orchestrator.runtime import Daemon
+from orchestrator.supervisor.pool import Pool
 from tests.conftest import FAKE_SERVER, pid_alive, routes_for
 
 LONG = os.environ.get("LLAMA_SIDECAR_LONG_TESTS") == "1"

@@ -10,8 +10,8 @@ import httpx
 import pytest
 import trio
 
-from orchestrator.bundled import LlamaServerBinary
 from orchestrator.cli import main
+from orchestrator.discovery import LlamaServerBinary
 from tests.conftest import make_config, poll_until, running_daemon
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.bundled import BinaryNotFoundError
 from orchestrator.config import load_config
+from orchestrator.discovery import BinaryNotFoundError
 from orchestrator.errors import ConfigError
 from orchestrator.flags import FlagTable, builtin_table
 

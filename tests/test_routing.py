@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.bundled import LlamaServerBinary
 from orchestrator.config import Config
+from orchestrator.discovery import LlamaServerBinary
 from orchestrator.errors import UnknownModelError
 from orchestrator.routing import RouteTable
 from tests.conftest import make_config

@@ -13,8 +13,8 @@ import httpx
 import pytest
 import trio
 
-from orchestrator.bundled import LlamaServerBinary
 from orchestrator.config import load_config
+from orchestrator.discovery import LlamaServerBinary
 from orchestrator.errors import ConfigError
 from orchestrator.routing import RouteTable
 from orchestrator.runtime import Daemon, bind_address

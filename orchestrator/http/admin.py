@@ -1,0 +1,208 @@
+"""The admin surface: sidecar and model management, stats, websocket feeds, the dashboard files.
+
+``/ws/logs/{key}`` sends a child's recent stderr lines, then each new line as
+it arrives, then how the child exited. ``/ws/events`` sends a snapshot of the
+pool, then every pool event (spawn, starting, ready, request, evicted,
+unhealthy, exited, stats). Each subscriber has a bounded queue: one that falls
+behind loses lines and is told how many (``{"type": "dropped", "count"}``);
+it never slows the child or the other subscribers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from quart import Response, send_from_directory, websocket
+from quart_trio import QuartTrio
+
+from orchestrator import flags as flagmod
+from orchestrator.http.openai_errors import error_response
+from orchestrator.routing import RouteTable
+from orchestrator.supervisor.fanout import Dropped
+from orchestrator.supervisor.pool import Pool
+from orchestrator.supervisor.sidecar import Sidecar
+from orchestrator.supervisor.stats import StatsSampler
+
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+# Re-reads the configuration and applies it; says what was kept and what stopped.
+Reloader = Callable[[], Awaitable[dict[str, Any]]]
+_NOT_FOUND_CLOSE = 4404  # websocket close code: no such sidecar
+
+
+class PoolView:
+    """What the admin routes and feeds show about the pool."""
+
+    def __init__(self, pool: Pool, stats: StatsSampler) -> None:
+        self.pool = pool
+        self.stats = stats
+
+    @property
+    def routes(self) -> RouteTable:
+        return self.pool.routes  # the current ones: a reload applies at once
+
+    def sidecars(self) -> list[dict[str, Any]]:
+        usage = self.stats.latest["sidecars"]
+        return [{**entry, "usage": usage.get(entry["key"])} for entry in self.pool.describe()]
+
+    def summary(self) -> dict[str, Any]:
+        live = self.pool.sidecars()
+        return {
+            "live": len(live),
+            "max_sidecars": self.routes.config.pool.max_sidecars,
+            "evictions": self.pool.evictions,
+            "in_flight": sum(s.in_flight for s in live),
+            "total_rss_bytes": self.stats.latest["total_rss_bytes"],
+            "daemon": self.stats.latest["daemon"],
+        }
+
+    def configured(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": route.name,
+                "kind": route.kind,
+                "model": route.model.name,
+                "key": self.routes.key_of(route.name),
+                "flags": flagmod.render(route.spec().explicit),
+            }
+            for route in self.routes.routes()
+        ]
+
+    def find(self, ident: str) -> Sidecar | None:
+        """A sidecar by key, unique key prefix, or the name of a route to it."""
+        by_key = [s for s in self.pool.sidecars() if s.key.startswith(ident)]
+        if len(by_key) == 1:
+            return by_key[0]
+        try:
+            return self.pool.get(self.routes.key_of(ident))
+        except KeyError:
+            return None  # not a route name either
+
+
+def _not_found(ident: str) -> Response:
+    return error_response(404, f"no sidecar matches {ident!r}", "invalid_request_error", "sidecar_not_found")
+
+
+def register_admin_routes(app: QuartTrio, pool: Pool, stats: StatsSampler, reload: Reloader) -> None:
+    view = PoolView(pool, stats)
+    _register_api(app, view, reload)
+    _register_feeds(app, view)
+    _register_dashboard(app)
+
+
+def _register_api(app: QuartTrio, view: PoolView, reload: Reloader) -> None:
+    pool = view.pool
+
+    @app.post("/api/reload")
+    async def reload_config() -> dict[str, Any]:
+        return await reload()
+
+    @app.get("/api/sidecars")
+    async def list_sidecars() -> dict[str, Any]:
+        pool_summary = view.summary()
+        return {
+            "sidecars": view.sidecars(),
+            "max_sidecars": pool_summary["max_sidecars"],
+            "evictions": pool_summary["evictions"],
+            "pool": pool_summary,
+            "backing_off": pool.backoffs(),
+        }
+
+    @app.delete("/api/sidecars/<key>")
+    async def delete_sidecar(key: str) -> Response:
+        found = view.find(key)
+        if found is None or not await pool.evict(found.key):
+            return _not_found(key)
+        return Response(json.dumps({"stopped": found.key}), content_type="application/json")
+
+    @app.post("/api/sidecars/<key>/restart")
+    async def restart_sidecar(key: str) -> Response | dict[str, Any]:
+        found = view.find(key)
+        fresh = None if found is None else await pool.restart(found.key)
+        if fresh is None:
+            return _not_found(key)
+        return {"restarted": fresh.key, "sidecar": pool.describe_one(fresh)}
+
+    @app.post("/api/models/<name>/load")
+    async def load_model(name: str) -> dict[str, Any]:
+        sidecar = await pool.preload(view.routes.resolve(name))
+        return {"loaded": name, "sidecar": pool.describe_one(sidecar)}
+
+    @app.get("/api/stats")
+    async def get_stats() -> dict[str, Any]:
+        return {"pool": view.summary(), "sidecars": view.stats.latest["sidecars"]}
+
+    @app.get("/api/config")
+    async def get_config() -> dict[str, Any]:
+        return {"routes": view.configured()}
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "sidecars": len(pool.sidecars())}
+
+
+def _register_feeds(app: QuartTrio, view: PoolView) -> None:
+    @app.websocket("/ws/logs/<key>")
+    async def log_feed(key: str) -> None:
+        await websocket.accept()
+        sidecar = view.find(key)
+        if sidecar is None:
+            await websocket.send(json.dumps({"type": "error", "message": f"no sidecar matches {key!r}"}))
+            await websocket.close(_NOT_FOUND_CLOSE, "no such sidecar")
+            return
+        feed, full_key = sidecar.stderr, sidecar.key
+        # Subscribe and take the history with no checkpoint in between: no line twice, none missed.
+        with feed.live.subscribe() as subscription:
+            history = feed.history() if websocket.args.get("history", "1") != "0" else []
+            for line in history:
+                await websocket.send(
+                    json.dumps({"type": "line", "key": full_key, "ts": line.ts, "text": line.text})
+                )
+            if websocket.args.get("follow", "1") == "0":
+                await websocket.close(1000)
+                return
+            async for item in subscription:
+                if isinstance(item, Dropped):
+                    message: dict[str, Any] = {"type": "dropped", "key": full_key, "count": item.count}
+                else:
+                    message = {"type": "line", "key": full_key, "ts": item.ts, "text": item.text}
+                await websocket.send(json.dumps(message))
+        if feed.exit is None:  # the daemon is shutting down, the child is still running
+            await websocket.close(1001, "the daemon is shutting down")
+            return
+        await websocket.send(json.dumps({"type": "exit", "key": full_key, **feed.exit}))
+        await websocket.close(1000)
+
+    @app.websocket("/ws/events")
+    async def event_feed() -> None:
+        await websocket.accept()
+        with view.pool.events.subscribe() as subscription:
+            snapshot = {
+                "type": "snapshot",
+                "sidecars": view.sidecars(),
+                "pool": view.summary(),
+                "routes": view.configured(),
+            }
+            await websocket.send(json.dumps(snapshot))
+            async for event in subscription:
+                payload = {"type": "dropped", "count": event.count} if isinstance(event, Dropped) else event
+                await websocket.send(json.dumps(payload))
+
+
+def _register_dashboard(app: QuartTrio) -> None:
+    @app.get("/")
+    async def dashboard() -> Response:
+        return await web_file("index.html")
+
+    @app.get("/web/<path:name>")
+    async def web_file(name: str) -> Response:
+        if not (WEB_DIR / "index.html").is_file():
+            return error_response(
+                404,
+                f"the dashboard files are not installed ({WEB_DIR})",
+                "invalid_request_error",
+                "not_found",
+            )
+        return await send_from_directory(WEB_DIR, name)

@@ -1,0 +1,68 @@
+"""The one Quart-Trio app: OpenAI routes, admin API, websocket feeds and the dashboard."""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Response, has_request_context, request, websocket
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.http.admin import Reloader, register_admin_routes
+from orchestrator.http.exchange import ExchangeEnd
+from orchestrator.http.gate import AccessGate
+from orchestrator.http.openai_errors import error_response, response_for
+from orchestrator.http.proxy import register_openai_routes
+from orchestrator.supervisor.pool import Pool
+from orchestrator.supervisor.stats import StatsSampler
+
+log = logging.getLogger("orchestrator.http.app")
+
+
+def create_app(pool: Pool, stats: StatsSampler, reload: Reloader) -> QuartTrio:
+    app = QuartTrio(__name__, static_folder=None)
+    # Model responses can take minutes; these limits would cut them silently.
+    app.config["RESPONSE_TIMEOUT"] = None
+    app.config["BODY_TIMEOUT"] = None
+    app.config["MAX_CONTENT_LENGTH"] = pool.routes.config.server.max_body_bytes  # fixed until restart
+    # Outermost: nothing is reached before the host, origin and key rules are passed.
+    app.asgi_app = AccessGate(  # type: ignore[method-assign]
+        ExchangeEnd(app.asgi_app),
+        lambda: pool.routes.config.server,  # the keys may change on reload
+    )
+
+    @app.errorhandler(OrchestratorError)
+    async def orchestrator_error(error: OrchestratorError) -> Response:
+        return response_for(error)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        status = error.code or 400
+        if status == 404:
+            message, code = f"no route {request.method} {request.path}", "not_found"
+        elif status == 405:
+            message, code = f"{request.method} is not allowed on {request.path}", "method_not_allowed"
+        elif status == 413:
+            limit = app.config["MAX_CONTENT_LENGTH"]
+            message, code = (
+                f"the request body is larger than {limit} bytes (server.max_body_bytes)",
+                "body_too_large",
+            )
+        else:
+            message, code = (
+                f"{error.name}: {error.description}",
+                (error.name or "error").lower().replace(" ", "_"),
+            )
+        return error_response(status, message, "invalid_request_error", code)
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        # A bug, not bad input: log it whole, answer in the OpenAI shape, keep serving.
+        where = f"{request.method} {request.path}" if has_request_context() else f"websocket {websocket.path}"
+        log.error("unexpected error on %s", where, exc_info=error)
+        return error_response(500, "internal error (logged by the daemon)", "server_error", "internal_error")
+
+    register_openai_routes(app, pool)
+    register_admin_routes(app, pool, stats, reload)
+    return app

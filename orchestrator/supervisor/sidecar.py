@@ -1,0 +1,377 @@
+"""One llama-server child: spawn, pipes, readiness, health monitor, reaper, stop.
+
+``Sidecar.run`` owns the process for its whole life. It returns when the child
+is gone, raising SpawnError if the child never became ready (its stderr tail
+attached). Stopping is cancellation: the process task's ``deliver_cancel``
+sends SIGTERM, waits ``stop_grace_s``, then SIGKILLs the whole process group,
+and after every exit the group is swept again so no grandchild survives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import trio
+
+from orchestrator import policy, procgroup
+from orchestrator.config import LlamaServerSettings
+from orchestrator.errors import SpawnError, UpstreamError
+from orchestrator.policy import State, StopReason
+from orchestrator.routing import CHILD_HOST, SidecarSpec
+from orchestrator.supervisor import logtail
+from orchestrator.supervisor.upstream import Upstream
+
+log = logging.getLogger("orchestrator.supervisor.sidecar")
+child_log = logging.getLogger("orchestrator.child")
+
+TAIL_LINES = 400  # stderr lines kept per child
+ERROR_TAIL_LINES = 20  # of which an error message quotes this many
+PORT_ATTEMPTS = 3  # tries on different ports when the port was taken under us
+READY_POLL_FIRST_S = 0.01  # readiness polls start fast and back off to...
+READY_POLL_MAX_S = 0.25  # ...this; a stderr hint short-cuts the wait
+PIPE_EOF_GRACE_S = 2.0  # after the group is killed, the pipes must close within this
+DEFAULT_SLOTS = 4  # llama-server's default --parallel
+_READY_HINT = re.compile(r"model loaded|listening on")
+_BIND_FAILED = "couldn't bind HTTP server socket"
+
+
+class Sidecar:
+    """One llama-server process and everything the supervisor knows about it."""
+
+    def __init__(
+        self,
+        spec: SidecarSpec,
+        *,
+        env: Mapping[str, str],
+        settings: LlamaServerSettings,
+        allocate_port: Callable[[], int],
+        restarts: int = 0,
+        on_event: Callable[[Sidecar, str, dict[str, Any]], None] = lambda _s, _k, _d: None,
+    ) -> None:
+        self.spec = spec
+        self.restarts = restarts
+        self.state = State.STARTING
+        self.port: int | None = None
+        self.pid: int | None = None
+        self.argv: list[str] = []
+        self.started_at = time.time()
+        self.ready_at: float | None = None
+        self.exit_code: int | None = None
+        self.stop_reason: StopReason | None = None
+        self.stop_detail = ""
+        self.failure: SpawnError | None = None
+        self.in_flight = 0
+        self.slots = DEFAULT_SLOTS  # how many requests the child serves at once (from its /props)
+        self.waiting = 0  # requests waiting for it to become ready
+        self.last_used = trio.current_time()
+        self.stderr = logtail.LogFeed(TAIL_LINES)
+        self._env = dict(env)
+        self._settings = settings
+        self._allocate_port = allocate_port
+        self._on_event = on_event  # told: starting, ready, unhealthy, exited
+        self._settled = trio.Event()  # ready, or gone
+        self._exited = trio.Event()
+        self._idle = trio.Event()
+        self._idle.set()
+        self._hint = trio.Event()
+        self._port_taken = False
+        self._stop_requested = False
+        self._life: trio.CancelScope | None = None
+        self._upstream: Upstream | None = None  # HTTP to the current process
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
+    def label(self) -> str:
+        return f"[sidecar:{self.key[:8]}:{self.port}]"
+
+    @property
+    def upstream(self) -> Upstream:
+        """HTTP to the running child (a ready sidecar always has one)."""
+        assert self._upstream is not None, "the child has not started"
+        return self._upstream
+
+    # -- leases ------------------------------------------------------------
+
+    def acquire(self) -> None:
+        """Count a request in flight (the pool checks the state first)."""
+        self.in_flight += 1
+        if self.in_flight == 1:
+            self._idle = trio.Event()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self.last_used = trio.current_time()
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def wait_settled(self) -> None:
+        """Until the child is ready or gone (check ``state`` and ``failure`` after).
+
+        While waiting, the caller counts in ``waiting``, which keeps the child
+        from being evicted before the caller could use it.
+        """
+        self.waiting += 1
+        try:
+            await self._settled.wait()
+        finally:
+            self.waiting -= 1
+
+    async def wait_exited(self) -> None:
+        await self._exited.wait()
+
+    # -- life ----------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the child until it exits or is stopped; started() once it is ready."""
+        try:
+            for _attempt in range(PORT_ATTEMPTS):
+                try:
+                    port = self._allocate_port()
+                except SpawnError as error:
+                    self.failure = error
+                    break
+                if not await self._run_child(port, task_status):
+                    break
+            else:
+                self.failure = SpawnError(
+                    f"llama-server could not bind a port {PORT_ATTEMPTS} times in a row "
+                    f"(last {self.port}); is something else using llama_server.port_range?",
+                    self.stderr.tail(ERROR_TAIL_LINES),
+                )
+        finally:
+            self.state = State.EXITED
+            if self._upstream is not None:
+                self._upstream.close()
+            uptime = time.time() - self.started_at
+            exit_info: dict[str, Any] = {"code": self.exit_code, "uptime_s": round(uptime, 3)}
+            if self.failure is not None:
+                exit_info["error"] = self.failure.reason
+            self.stderr.finish(exit_info)
+            self._settled.set()
+            self._exited.set()
+            self._on_event(self, "exited", exit_info)
+        if self.failure is not None:
+            raise self.failure
+
+    def mark_stopping(self, reason: StopReason, detail: str) -> bool:
+        """Take the child out of service at once (no new leases); False if it already was."""
+        if self.state in (State.STOPPING, State.EXITED):
+            return False
+        self.state = State.STOPPING
+        self.stop_reason, self.stop_detail = reason, detail
+        log.info("%s stopping (%s), %d request(s) in flight", self.label, detail, self.in_flight)
+        return True
+
+    async def stop(self, reason: StopReason, detail: str, drain_timeout_s: float) -> None:
+        """Let in-flight requests finish (bounded), then stop the child and wait for it."""
+        self.mark_stopping(reason, detail)
+        with trio.move_on_after(drain_timeout_s):
+            await self._idle.wait()
+        self._cancel_life()
+        await self._exited.wait()
+
+    def _cancel_life(self) -> None:
+        self._stop_requested = True
+        if self._life is not None:
+            self._life.cancel()
+
+    async def _run_child(self, port: int, task_status: trio.TaskStatus[None]) -> bool:
+        """One process on one port; True means 'the port was taken, try another'."""
+        self.port = port
+        self.argv = self.spec.argv(port)
+        if self._upstream is not None:  # the previous process (its port was taken) is gone
+            self._upstream.close()
+        self._upstream = Upstream(CHILD_HOST, port, self.label)
+        self._port_taken = False
+        process: trio.Process | None = None
+        async with trio.open_nursery() as pipes:
+            async with trio.open_nursery() as life:
+                self._life = life.cancel_scope
+                if self._stop_requested:
+                    life.cancel_scope.cancel()
+                try:
+                    process = await life.start(self._process)
+                except OSError as error:
+                    self.failure = SpawnError(f"cannot start {self.spec.binary.path}: {error}")
+                    return False
+                self.pid = process.pid
+                log.info("%s started pid %d: %s", self.label, process.pid, " ".join(self.argv))
+                self._on_event(self, "starting", {"pid": process.pid, "port": port, "argv": self.argv})
+                assert process.stdout is not None and process.stderr is not None
+                pipes.start_soon(logtail.pump_lines, process.stderr, self._on_stderr_line)
+                pipes.start_soon(logtail.drain, process.stdout)
+                life.start_soon(self._cancel_when_exited, process, life.cancel_scope)
+                timeout = self._settings.health_timeout_s
+                with trio.move_on_after(timeout) as loading:
+                    await self._wait_until_ready()
+                if loading.cancelled_caught:
+                    self.failure = SpawnError(
+                        f"llama-server did not become ready within {timeout:g} s "
+                        f"(llama_server.health_timeout_s); it was killed",
+                        self.stderr.tail(ERROR_TAIL_LINES),
+                    )
+                else:
+                    await self._serve_until_unhealthy(task_status)
+                life.cancel_scope.cancel()
+            if process is None:  # stopped before the process had even started
+                self.failure = SpawnError(f"llama-server was stopped before it started ({self.stop_detail})")
+                return False
+            # The direct child has exited; now no one in its group may survive.
+            procgroup.kill_group(process.pid)
+            pipes.cancel_scope.deadline = trio.current_time() + PIPE_EOF_GRACE_S
+        assert process.returncode is not None
+        self.exit_code = process.returncode
+        if self.ready_at is not None:
+            self._log_exit(process.returncode)
+        if self.ready_at is not None or self.failure is not None:
+            return False
+        if self._port_taken and not self._stop_requested:
+            log.warning("%s port %d was taken; retrying on another port", self.label, port)
+            return True
+        self.failure = self._exit_while_loading(process.returncode)
+        return False
+
+    async def _read_slots(self) -> int:
+        try:
+            _status, body = await self.upstream.get("/props", timeout_s=2.0)
+            return max(1, int(json.loads(body)["total_slots"]))
+        except (UpstreamError, ValueError, KeyError, TypeError):
+            return DEFAULT_SLOTS  # an older or odd llama-server: assume its default
+
+    async def _serve_until_unhealthy(self, task_status: trio.TaskStatus[None]) -> None:
+        """Mark the child ready, tell whoever started us, then watch its health."""
+        self.slots = await self._read_slots()
+        if self.state is State.STARTING:
+            self.state = State.READY
+        self.ready_at = time.time()
+        self.last_used = trio.current_time()
+        log.info("%s ready in %.3f s", self.label, self.ready_at - self.started_at)
+        self._settled.set()
+        self._on_event(self, "ready", {"load_s": round(self.ready_at - self.started_at, 3)})
+        task_status.started()
+        await self._monitor_health()
+        self.state = State.UNHEALTHY
+        self.stop_reason = StopReason.UNHEALTHY
+        self.stop_detail = f"/health failed {policy.HEALTH_FAILURE_LIMIT} times in a row"
+        self._on_event(self, "unhealthy", {})
+        log.warning("%s unhealthy: /health failed %d times in a row; killing it",
+                    self.label, policy.HEALTH_FAILURE_LIMIT)  # fmt: skip
+
+    async def _process(self, *, task_status: trio.TaskStatus[trio.Process]) -> None:
+        await trio.run_process(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            check=False,
+            env=self._env,
+            deliver_cancel=self._terminate,
+            task_status=task_status,
+            **procgroup.spawn_options(),
+        )
+
+    async def _terminate(self, process: trio.Process) -> None:
+        """SIGTERM, a grace period, then SIGKILL for the whole group."""
+        # llama-server's shutdown waits for open client connections (0.1 s more with one idle
+        # kept-alive one): close ours first. Nothing new can be sent to a child being stopped.
+        self.upstream.close()
+        procgroup.request_stop(process)
+        with trio.move_on_after(self._settings.stop_grace_s):
+            await process.wait()
+        if process.returncode is None:
+            log.warning("%s ignored SIGTERM for %g s; killing its process group",
+                        self.label, self._settings.stop_grace_s)  # fmt: skip
+        procgroup.kill_group(process.pid)
+
+    @staticmethod
+    async def _cancel_when_exited(process: trio.Process, scope: trio.CancelScope) -> None:
+        await process.wait()
+        scope.cancel()
+
+    def _on_stderr_line(self, text: str) -> None:
+        self.stderr.append(text)
+        child_log.info("%s %s", self.label, text)
+        if self.state is State.STARTING:
+            if _READY_HINT.search(text):
+                self._hint.set()
+            if _BIND_FAILED in text:
+                self._port_taken = True
+
+    async def _health_status(self, timeout_s: float) -> int | None:
+        """The HTTP status of /health, or None when the child does not answer."""
+        try:
+            status, _body = await self.upstream.get("/health", timeout_s)
+        except UpstreamError:
+            return None  # refused (not listening yet, or dead) or timed out: not healthy
+        return status
+
+    async def _wait_until_ready(self) -> None:
+        """Poll /health (503 = loading, 200 = ready), waking early on a stderr hint."""
+        delay = READY_POLL_FIRST_S
+        while await self._health_status(timeout_s=1.0) != 200:
+            with trio.move_on_after(delay):
+                await self._hint.wait()
+            self._hint = trio.Event()
+            delay = min(delay * 2, READY_POLL_MAX_S)
+
+    async def _monitor_health(self) -> None:
+        """Return once /health has failed HEALTH_FAILURE_LIMIT times in a row."""
+        interval = self._settings.health_interval_s
+        failures = 0
+        while not policy.unhealthy(failures):
+            await trio.sleep(interval)
+            healthy = await self._health_status(timeout_s=min(5.0, max(1.0, interval))) == 200
+            failures = 0 if healthy else failures + 1
+
+    def _exit_while_loading(self, returncode: int) -> SpawnError:
+        if self._stop_requested:
+            return SpawnError(f"llama-server was stopped before it was ready ({self.stop_detail})")
+        message = f"llama-server exited while loading ({procgroup.describe_exit(returncode)})"
+        if procgroup.is_illegal_instruction(returncode):
+            message += (
+                "; this llama-server build uses CPU instructions this machine lacks: build one "
+                "for this CPU with `bash ops/build-llama-server.sh` (found automatically) "
+                "or set llama_server.bin to one that runs here"
+            )
+        return SpawnError(message, self.stderr.tail(ERROR_TAIL_LINES))
+
+    def _log_exit(self, returncode: int) -> None:
+        """Log the end of a child that had been ready (a failed start is a SpawnError instead)."""
+        uptime = time.time() - self.started_at
+        how = procgroup.describe_exit(returncode)
+        if self.stop_reason is not None:
+            log.info("%s stopped (%s), %s after %.1f s", self.label, self.stop_detail, how, uptime)
+            return
+        tail = "\n".join(self.stderr.tail(ERROR_TAIL_LINES))
+        log.warning("%s exited unexpectedly, %s after %.1f s; last stderr lines:\n%s",
+                    self.label, how, uptime, tail)  # fmt: skip
+
+    def describe(self) -> dict[str, Any]:
+        """The child's public state (wall-clock times, no secrets)."""
+        idle_for = trio.current_time() - self.last_used
+        return {
+            "key": self.key,
+            "model": self.spec.model,
+            "port": self.port,
+            "pid": self.pid,
+            "state": self.state.value,
+            "started_at": self.started_at,
+            "ready_at": self.ready_at,
+            "last_used": time.time() - idle_for,
+            "in_flight": self.in_flight,
+            "slots": self.slots,
+            "waiting": self.waiting,
+            "restarts": self.restarts,
+            "exit_code": self.exit_code,
+            "stderr_tail_lines": len(self.stderr),
+            "argv": self.argv,
+        }

@@ -1,0 +1,75 @@
+"""`bench overhead` on SmolLM2: every figure present and plausible, through and direct, with ratios."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from orchestrator.cli import main
+from orchestrator.discovery import LlamaServerBinary
+from tests.conftest import make_config, running_daemon
+
+
+@pytest.mark.real
+def test_overhead_reports_both_paths_ratios_and_the_daemons_usage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report_path = tmp_path / "overhead.json"
+    argv = ["bench", "overhead", "--requests", "6", "--streams", "2", "--tokens", "8", "--concurrency", "1,2"]
+    assert main([*argv, "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["endpoints"] == ["direct", "through"]
+    names = [metric["name"] for metric in report["metrics"]]
+    assert names == [
+        "small request p50", "small request p99", "TTFT p50", "ITL p50", "ITL p99", "stream tokens/s",
+        "c=1 requests/s", "c=1 tokens/s", "c=2 requests/s", "c=2 tokens/s",
+    ]  # fmt: skip
+    for metric in report["metrics"]:
+        for endpoint in ("direct", "through"):
+            assert metric["values"][endpoint] > 0, metric
+        assert math.isfinite(metric["ratio"]["through"]) and metric["ratio"]["through"] > 0, metric
+    small = report["metrics"][0]
+    assert small["added_ms"]["through"] == pytest.approx(
+        small["values"]["through"] - small["values"]["direct"], abs=1e-3
+    )
+    daemon = report["daemon"]
+    assert daemon["cpu_s"] > 0 and 10 < daemon["peak_rss_mb"] < 1000
+    printed = capsys.readouterr().out
+    assert "| small request p50 (ms) |" in printed and "through/direct" in printed
+    assert "peak RSS" in printed
+
+
+def test_overhead_against_an_unreachable_daemon_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "overhead", "--url", "http://127.0.0.1:9", "--model", "m"]) == 1
+    assert "no daemon answers at http://127.0.0.1:9" in capsys.readouterr().err
+    for tool in ("overhead", "cold"):  # another daemon's models are its own: name the one to measure
+        assert main(["bench", tool, "--url", "http://127.0.0.1:9"]) == 1
+        expected = "name the model or agent to measure on http://127.0.0.1:9 with --model"
+        assert expected in capsys.readouterr().err
+
+
+@pytest.mark.real
+async def test_overhead_attaches_to_a_running_daemon_and_adds_a_compare_column(
+    tmp_path: Path, real_binary: LlamaServerBinary, demo_model: Path
+) -> None:
+    config = make_config(tmp_path, {"smol": {"path": str(demo_model), "flags": ["-c", "1024"]}})
+    report_path = tmp_path / "overhead.json"
+    async with running_daemon(config, real_binary) as (url, _daemon):
+        # Any OpenAI-compatible server in front of the same model will do: here, the daemon itself.
+        command = [
+            sys.executable, "-m", "orchestrator", "bench", "overhead", "--url", url, "--model", "smol",
+            "--compare", f"{url}/v1", "--requests", "4", "--streams", "2", "--tokens", "8",
+            "--concurrency", "2", "--json", str(report_path),
+        ]  # fmt: skip
+        result = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
+        assert result.returncode == 0, result.stderr.decode()[-2000:]
+    report = json.loads(report_path.read_text())
+    assert report["endpoints"] == ["direct", "through", "compare"]
+    assert all(metric["ratio"]["compare"] > 0 for metric in report["metrics"])
+    assert report["daemon"]["peak_rss_mb"] > 10  # this process, found through /api/stats
+    assert "compare/direct" in result.stdout.decode()
