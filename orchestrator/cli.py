@@ -23,10 +23,10 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 from orchestrator import flags as flagmod
 from orchestrator import llamaswap
 from orchestrator.bench.cli import add_bench_parser
-from orchestrator.clisupport import CommandError, load_cli_config, run_trio
+from orchestrator.clisupport import load_cli_config, run_trio
 from orchestrator.config import Config, load_config
 from orchestrator.discovery import LlamaServerBinary, find_llama_server, resolve_binaries
-from orchestrator.errors import ConfigError, FlagError, OrchestratorError, UpstreamError
+from orchestrator.errors import CommandError, ConfigError, FlagError, OrchestratorError, UpstreamError
 from orchestrator.evals.cli import add_eval_parser
 from orchestrator.flaghelp import load_flag_table
 from orchestrator.flags import FlagTable

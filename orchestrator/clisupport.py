@@ -17,10 +17,6 @@ from orchestrator.flags import FlagTable
 T = TypeVar("T")
 
 
-class CommandError(OrchestratorError):
-    """A CLI command failed in a way the user can act on; printed without a traceback."""
-
-
 def run_trio(async_fn: Callable[..., Awaitable[T]], *args: object) -> T:
     """trio.run, with an OrchestratorError raised inside nurseries unwrapped for a clean message."""
     try:

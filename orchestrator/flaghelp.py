@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 from orchestrator.discovery import LlamaServerBinary
+from orchestrator.errors import HelpUnreadableError
 from orchestrator.flags import FlagTable, builtin_table, parse_help
 from orchestrator.procgroup import child_environment
 
@@ -31,10 +32,6 @@ def cache_dir() -> Path:
     if configured:
         return Path(configured)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llama-sidecar"
-
-
-class HelpUnreadableError(Exception):
-    """The binary's --help could not be run or did not look like llama-server's."""
 
 
 def load_flag_table(binary: LlamaServerBinary) -> FlagTable:

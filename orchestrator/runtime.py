@@ -20,7 +20,7 @@ import hypercorn.trio
 import trio
 
 from orchestrator.auth import AccessRules, exposure_problem
-from orchestrator.errors import ConfigError, OrchestratorError, leaf_exceptions
+from orchestrator.errors import ConfigError, ListenError, leaf_exceptions
 from orchestrator.http.app import create_app
 from orchestrator.routing import RouteTable
 from orchestrator.supervisor.pool import Pool
@@ -28,10 +28,6 @@ from orchestrator.supervisor.stats import StatsSampler
 from orchestrator.supervisor.watchdog import Watchdog, own_state_file
 
 log = logging.getLogger("orchestrator")
-
-
-class ListenError(OrchestratorError):
-    """The daemon's own address could not be bound (in use, or not ours)."""
 
 
 def bind_address(host: str, port: int) -> str:

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import load_config
-from orchestrator.discovery import BinaryNotFoundError
-from orchestrator.errors import ConfigError
+from orchestrator.errors import BinaryNotFoundError, ConfigError
 from orchestrator.flags import FlagTable, builtin_table
 
 FULL_TOML = """

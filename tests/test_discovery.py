@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator import discovery
-from orchestrator.discovery import BinaryNotFoundError, find_llama_server
+from orchestrator.discovery import find_llama_server
+from orchestrator.errors import BinaryNotFoundError
 
 
 def test_demo_model_is_found_without_importing_its_package(demo_model: Path) -> None:

@@ -17,8 +17,9 @@ import httpx
 from orchestrator.bench.cold import ColdPlan, measure_cold, render_cold
 from orchestrator.bench.overhead import OverheadPlan, measure_overhead, render_overhead
 from orchestrator.bench.sweep import SweepPlan, parse_variants, run_sweep
-from orchestrator.bench.target import BenchError, Target, attached_daemon, daemon_document, spawned_daemon
+from orchestrator.bench.target import Target, attached_daemon, daemon_document, spawned_daemon
 from orchestrator.clisupport import load_cli_config, run_trio
+from orchestrator.errors import BenchError
 
 
 def _say(text: str) -> None:

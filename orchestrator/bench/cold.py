@@ -26,8 +26,9 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from orchestrator.bench import measure
 from orchestrator.bench.summary import fmt, mean_std
-from orchestrator.bench.target import BenchError, Target
+from orchestrator.bench.target import Target
 from orchestrator.bench.usage import machine_description
+from orchestrator.errors import BenchError
 
 CHAT = "/v1/chat/completions"
 LISTENING = re.compile(r"listening on|model loaded")

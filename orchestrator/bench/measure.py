@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 
+from orchestrator.errors import RequestFailed
+
 
 @dataclass(frozen=True)
 class StreamSample:
@@ -26,10 +28,6 @@ class StreamSample:
         """Generation rate after the first token, as the client saw it."""
         span = self.total_s - self.ttft_s
         return (self.chunks - 1) / span if self.chunks > 1 and span > 0 else 0.0
-
-
-class RequestFailed(Exception):
-    """A benchmark request got an error status or a broken stream."""
 
 
 def _content(chunk: dict[str, Any]) -> str:

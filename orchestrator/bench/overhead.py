@@ -11,8 +11,9 @@ import trio
 
 from orchestrator.bench import measure
 from orchestrator.bench.summary import fmt, mean_std, percentile, ratio
-from orchestrator.bench.target import BenchError, Target
+from orchestrator.bench.target import Target
 from orchestrator.bench.usage import UsageMeter, machine_description
+from orchestrator.errors import BenchError
 
 CHAT = "/v1/chat/completions"
 

@@ -27,8 +27,9 @@ import trio
 from orchestrator.bench import measure
 from orchestrator.bench.report import write_reports
 from orchestrator.bench.summary import percentile
-from orchestrator.bench.target import BenchError, Target
+from orchestrator.bench.target import Target
 from orchestrator.config import Config
+from orchestrator.errors import BenchError, RequestFailed
 
 RESULTS = "results.jsonl"
 MTP_SPEC_TYPES = ("draft-mtp", "mtp")
@@ -174,7 +175,7 @@ async def run_cell(client: httpx.AsyncClient, target: Target, plan: SweepPlan, c
         url = f"{target.url}/v1/completions"
         try:
             samples.append(await measure.stream(client, url, request_body(plan, cell), dict(target.headers)))
-        except (measure.RequestFailed, httpx.HTTPError) as error:  # the cell fails; the sweep goes on
+        except (RequestFailed, httpx.HTTPError) as error:  # the cell fails; the sweep goes on
             failures.append(str(error) or type(error).__name__)
 
     started = time.perf_counter()
@@ -183,7 +184,7 @@ async def run_cell(client: httpx.AsyncClient, target: Target, plan: SweepPlan, c
             nursery.start_soon(one)
     wall = time.perf_counter() - started
     if failures:
-        raise measure.RequestFailed(f"{len(failures)} of {cell.concurrency} requests failed: {failures[0]}")
+        raise RequestFailed(f"{len(failures)} of {cell.concurrency} requests failed: {failures[0]}")
 
     def timing(name: str) -> list[float]:
         return [float(s.timings[name]) for s in samples if name in s.timings]
@@ -266,6 +267,6 @@ async def _run_recorded(
         return {**record, "status": "skipped", "reason": reason}
     try:
         figures = await run_cell(client, target, plan, cell)
-    except measure.RequestFailed as error:
+    except RequestFailed as error:
         return {**record, "status": "failed", "reason": str(error)}
     return {**record, "status": "ok", **figures, "argv": await _argv_of(client, target, cell.model)}

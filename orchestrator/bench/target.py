@@ -19,14 +19,10 @@ import trio
 
 from orchestrator import flags as flagmod
 from orchestrator.config import Config
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import BenchError
 
 START_DEADLINE_S = 60.0
 STOP_DEADLINE_S = 30.0
-
-
-class BenchError(OrchestratorError):
-    """A benchmark cannot run: no daemon, a model that does not start, bad arguments."""
 
 
 @dataclass(frozen=True)

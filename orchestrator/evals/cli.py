@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 
 from orchestrator.bench.target import spawned_daemon
-from orchestrator.clisupport import CommandError, load_cli_config, run_trio
+from orchestrator.clisupport import load_cli_config, run_trio
+from orchestrator.errors import CommandError
 from orchestrator.evals.ab import DEFAULT_PROMPTS, AbSuite, ab_html, ab_markdown
 from orchestrator.evals.report import render, summarise
 from orchestrator.evals.runner import Endpoint, RunResult, Sampling, run_suite

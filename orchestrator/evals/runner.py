@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import httpx
 import trio
 
-from orchestrator.errors import OrchestratorError, only_errors_of
+from orchestrator.errors import AskFailed, EndpointError, only_errors_of
 from orchestrator.evals.store import Answer, Store, run_id
 from orchestrator.evals.suites import Question, Suite, Verdict
 
@@ -44,14 +44,6 @@ class Reply:
     completion_tokens: int | None
     timings: Mapping[str, Any]
     params: Mapping[str, Any]
-
-
-class AskFailed(Exception):
-    """The endpoint did not answer a question (not recorded: a rerun asks again)."""
-
-
-class EndpointError(OrchestratorError):
-    """The endpoint cannot answer any question (unreachable, unknown model, key refused): the run stops."""
 
 
 # Statuses that say the request itself is wrong for this endpoint, whatever the question.

@@ -16,15 +16,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import DataMissingError
 from orchestrator.evals import scoring
 from orchestrator.evals.sandbox import DEFAULT_LIMITS, Limits, run_program
 
 SAMPLE_SEED = 0
-
-
-class DataMissingError(OrchestratorError):
-    """An eval's data package is not installed."""
 
 
 @dataclass(frozen=True)

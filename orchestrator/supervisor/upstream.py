@@ -22,15 +22,11 @@ from contextlib import aclosing
 import h11
 import trio
 
-from orchestrator.errors import UpstreamError, UpstreamTimeoutError
+from orchestrator.errors import StaleConnectionError, UpstreamError, UpstreamTimeoutError
 
 CONNECT_TIMEOUT_S = 5.0
 MAX_IDLE_CONNECTIONS = 32
 RECEIVE_BYTES = 65536
-
-
-class _Stale(Exception):
-    """A kept-alive connection was closed by the child before it answered: safe to send again."""
 
 
 class _Connection:
@@ -171,7 +167,7 @@ class Upstream:
                     raise self.failure("did not answer", stale_cause) from refused
             try:
                 head = await self._exchange(connection, request, body, idle_timeout_s)
-            except _Stale as stale:
+            except StaleConnectionError as stale:
                 connection.close()
                 if connection.reused:
                     stale_cause = stale.__cause__
@@ -200,7 +196,7 @@ class Upstream:
         except TimeoutError:
             raise self.timeout(idle_timeout_s) from None
         except (h11.RemoteProtocolError, OSError, trio.BrokenResourceError) as error:
-            raise _Stale from error
+            raise StaleConnectionError from error
 
     async def _connect(self) -> _Connection:
         try:

@@ -25,7 +25,7 @@ from orchestrator.bench.sweep import (
     parse_variants,
     unsupported_reason,
 )
-from orchestrator.bench.target import BenchError
+from orchestrator.errors import BenchError
 from tests.conftest import wait_until
 
 MTP = Variant("mtp", ("--spec-type", "draft-mtp", "--spec-draft-n-max", "3"))

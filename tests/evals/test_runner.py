@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.discovery import LlamaServerBinary
-from orchestrator.evals.runner import Endpoint, EndpointError, Sampling, run_suite
+from orchestrator.errors import EndpointError
+from orchestrator.evals.runner import Endpoint, Sampling, run_suite
 from orchestrator.evals.store import Store
 from orchestrator.evals.suites import Question, Suite, Verdict
 from tests.conftest import free_port, make_config, running_daemon

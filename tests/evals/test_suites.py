@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.evals.suites import DataMissingError, Gsm8k, HumanEval, Mmlu, package_file
+from orchestrator.errors import DataMissingError
+from orchestrator.evals.suites import Gsm8k, HumanEval, Mmlu, package_file
 
 
 def test_mmlu_samples_100_of_the_14042_questions_the_same_way_every_time() -> None:
