@@ -160,13 +160,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_evict(args: argparse.Namespace) -> int:
-    data = _api("GET", f"{args.url}/api/sidecars")
-    matches = [s["key"] for s in data["sidecars"] if s["key"].startswith(args.key) or s["model"] == args.key]
-    if len(matches) != 1:
-        found = "no sidecar" if not matches else f"{len(matches)} sidecars"
-        raise CommandError(f"{found} match {args.key!r}; give a key (prefix) from `orchestrator ps`")
-    _api("DELETE", f"{args.url}/api/sidecars/{matches[0]}")
-    print(f"stopped {matches[0]}")
+    # The daemon resolves the name (key, unique prefix, agent, model or alias): one resolver, not two.
+    stopped = _api("DELETE", f"{args.url}/api/sidecars/{quote(args.key, safe='')}")
+    print(f"stopped {stopped['stopped']} ({stopped['model']})")
     return 0
 
 
@@ -329,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--url", default=url_default, help=f"daemon URL (default {url_default}, or $ORCHESTRATOR_URL)"
         )
         if name == "evict":
-            command.add_argument("key", help="a sidecar key, a unique key prefix, or a model name")
+            command.add_argument(
+                "key", help="a sidecar key, a unique key prefix, or an agent, model or alias name"
+            )
         if name == "logs":
             command.add_argument(
                 "sidecar", help="a sidecar key, a unique key prefix, or an agent or model name"

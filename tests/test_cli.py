@@ -85,11 +85,12 @@ async def test_ps_and_evict_against_a_running_daemon(
         assert sorted(out[1].split()[-1].split(",")) == ["coder", "m"]
         assert out[-1] == "1/2 sidecars, 0 evictions"
 
-        assert await trio.to_thread.run_sync(partial(main, ["evict", "--url", url, "m"])) == 0
+        assert await trio.to_thread.run_sync(partial(main, ["evict", "--url", url, "coder"])) == 0  # an agent
         assert capsys.readouterr().out.startswith("stopped ")
         assert (await client.get(f"{url}/api/sidecars")).json()["sidecars"] == []
         assert await trio.to_thread.run_sync(partial(main, ["evict", "--url", url, "m"])) == 1
-        assert "no sidecar match 'm'" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "HTTP 404: no live sidecar matches 'm'" in err and "running: none" in err
 
 
 def test_flags_check_prints_canonical_flags_or_every_problem(
@@ -204,7 +205,7 @@ async def test_logs_follow_prints_lines_as_they_come(
         assert "[exited with code 0 after" in capsys.readouterr().err
 
         assert await trio.to_thread.run_sync(partial(main, ["logs", "--url", url, "m"])) == 1
-        assert "no sidecar matches 'm'" in capsys.readouterr().err
+        assert "no live sidecar matches 'm'" in capsys.readouterr().err
 
 
 async def test_events_prints_the_snapshot_and_follows(

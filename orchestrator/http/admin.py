@@ -19,6 +19,7 @@ from quart import Response, send_from_directory, websocket
 from quart_trio import QuartTrio
 
 from orchestrator import flags as flagmod
+from orchestrator.errors import AmbiguousSidecarError, SidecarNotFoundError
 from orchestrator.http.openai_errors import error_response
 from orchestrator.routing import RouteTable
 from orchestrator.supervisor.fanout import Dropped
@@ -70,19 +71,32 @@ class PoolView:
             for route in self.routes.routes()
         ]
 
-    def find(self, ident: str) -> Sidecar | None:
-        """A sidecar by key, unique key prefix, or the name of a route to it."""
-        by_key = [s for s in self.pool.sidecars() if s.key.startswith(ident)]
-        if len(by_key) == 1:
-            return by_key[0]
+    def find(self, ident: str) -> Sidecar:
+        """The live sidecar that ``ident`` names: its key, an agent, model or alias routed to it, or a
+        unique key prefix. The one resolver of sidecar names: the CLI and the dashboard pass names on."""
+        live = self.pool.sidecars()
+        for sidecar in live:
+            if sidecar.key == ident:
+                return sidecar
         try:
-            return self.pool.get(self.routes.key_of(ident))
+            routed = self.pool.get(self.routes.key_of(ident))
         except KeyError:
-            return None  # not a route name either
-
-
-def _not_found(ident: str) -> Response:
-    return error_response(404, f"no sidecar matches {ident!r}", "invalid_request_error", "sidecar_not_found")
+            routed = None  # not a route name
+        if routed is not None:
+            return routed
+        by_prefix = [s for s in live if s.key.startswith(ident)]
+        if len(by_prefix) == 1:
+            return by_prefix[0]
+        if by_prefix:
+            keys = ", ".join(sorted(s.key[:12] for s in by_prefix))
+            raise AmbiguousSidecarError(
+                f"{ident!r} is the start of {len(by_prefix)} sidecar keys ({keys}); give more of it"
+            )
+        running = ", ".join(sorted(f"{s.key[:8]} ({s.spec.model})" for s in live)) or "none"
+        raise SidecarNotFoundError(
+            f"no live sidecar matches {ident!r} (a key, a unique key prefix, or an agent, model or alias "
+            f"with a running child); running: {running}"
+        )
 
 
 def register_admin_routes(app: QuartTrio, pool: Pool, stats: StatsSampler, reload: Reloader) -> None:
@@ -111,18 +125,18 @@ def _register_api(app: QuartTrio, view: PoolView, reload: Reloader) -> None:
         }
 
     @app.delete("/api/sidecars/<key>")
-    async def delete_sidecar(key: str) -> Response:
+    async def delete_sidecar(key: str) -> dict[str, Any]:
         found = view.find(key)
-        if found is None or not await pool.evict(found.key):
-            return _not_found(key)
-        return Response(json.dumps({"stopped": found.key}), content_type="application/json")
+        if not await pool.evict(found.key):
+            raise SidecarNotFoundError(f"sidecar {found.key[:8]} exited before it could be stopped")
+        return {"stopped": found.key, "model": found.spec.model}
 
     @app.post("/api/sidecars/<key>/restart")
-    async def restart_sidecar(key: str) -> Response | dict[str, Any]:
+    async def restart_sidecar(key: str) -> dict[str, Any]:
         found = view.find(key)
-        fresh = None if found is None else await pool.restart(found.key)
+        fresh = await pool.restart(found.key)
         if fresh is None:
-            return _not_found(key)
+            raise SidecarNotFoundError(f"sidecar {found.key[:8]} exited before it could be restarted")
         return {"restarted": fresh.key, "sidecar": pool.describe_one(fresh)}
 
     @app.post("/api/models/<name>/load")
@@ -147,9 +161,12 @@ def _register_feeds(app: QuartTrio, view: PoolView) -> None:
     @app.websocket("/ws/logs/<key>")
     async def log_feed(key: str) -> None:
         await websocket.accept()
-        sidecar = view.find(key)
-        if sidecar is None:
-            await websocket.send(json.dumps({"type": "error", "message": f"no sidecar matches {key!r}"}))
+        try:
+            sidecar = view.find(key)
+        except (SidecarNotFoundError, AmbiguousSidecarError) as error:
+            await websocket.send(
+                json.dumps({"type": "error", "code": error.http.code, "message": str(error)})
+            )
             await websocket.close(_NOT_FOUND_CLOSE, "no such sidecar")
             return
         feed, full_key = sidecar.stderr, sidecar.key

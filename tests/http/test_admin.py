@@ -95,7 +95,9 @@ async def test_history_can_be_skipped_and_unknown_sidecars_are_refused(
             first = await receive(ws)
             assert "POST /v1/chat/completions" in first["text"]  # no history came first
         async with open_websocket_url(ws_url(url, "/ws/logs/nope")) as ws:
-            assert (await receive(ws)) == {"type": "error", "message": "no sidecar matches 'nope'"}
+            refused = await receive(ws)
+            assert refused["type"] == "error" and refused["code"] == "sidecar_not_found"
+            assert "no live sidecar matches 'nope'" in refused["message"]
             with pytest.raises(ConnectionClosed) as closed, trio.fail_after(5):
                 await ws.get_message()
             assert closed.value.reason is not None and closed.value.reason.code == 4404
