@@ -23,6 +23,7 @@ from orchestrator import auth, llamaswap
 from orchestrator import flags as flagmod
 from orchestrator.errors import ConfigError, FlagError, OrchestratorError
 from orchestrator.flags import Flag, FlagTable
+from orchestrator.policy import CrashLoopRule
 
 LOOPBACK = "127.0.0.1"
 
@@ -58,6 +59,7 @@ class PoolSettings:
     drain_timeout_s: float = 30.0  # a stop waits this long for in-flight requests
     max_in_flight: int = 0  # requests one child serves at once; 0 = its own slot count
     max_queue: int = 64  # requests that may wait for a busy child; more get 429
+    crash_loop: CrashLoopRule = field(default_factory=CrashLoopRule)  # when a failing model is not respawned
 
 
 @dataclass(frozen=True)
@@ -313,6 +315,7 @@ def parse_config(
         drain_timeout_s=pool_t.number("drain_timeout_s", p.drain_timeout_s, 0.0),
         max_in_flight=pool_t.integer("max_in_flight", p.max_in_flight, 0),
         max_queue=pool_t.integer("max_queue", p.max_queue, 0),
+        crash_loop=_crash_loop(pool_t.table("crash_loop", ("failures", "window_s", "max_backoff_s"))),
     )
 
     models = _parse_models(document.table("models"), base_dir, default_bin, tables)
@@ -321,6 +324,15 @@ def parse_config(
     if problems:
         raise ConfigError(problems)
     return Config(source, server, llama, pool, models, agents, tuple(all_notes))
+
+
+def _crash_loop(table: _Table) -> CrashLoopRule:
+    default = CrashLoopRule()
+    return CrashLoopRule(
+        failures=table.integer("failures", default.failures, 1),
+        window_s=table.number("window_s", default.window_s, 0.0),
+        max_backoff_s=table.number("max_backoff_s", default.max_backoff_s, 0.0),
+    )
 
 
 class _TableCache:

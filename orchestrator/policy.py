@@ -1,4 +1,4 @@
-"""Pool policy: which child to evict, which have outlived their idle TTL, health verdicts.
+"""Pool policy: a sidecar's states, which child to evict, idle TTLs, crash loops, health verdicts.
 
 Pure functions over small views of the pool, so the rules are tested without
 processes, sockets or clocks.
@@ -7,7 +7,7 @@ processes, sockets or clocks.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -19,6 +19,20 @@ class State(enum.Enum):
     UNHEALTHY = "unhealthy"
     STOPPING = "stopping"
     EXITED = "exited"
+
+
+# Which state may follow which: a sidecar's life only moves forward.
+TRANSITIONS: Mapping[State, frozenset[State]] = {
+    State.STARTING: frozenset({State.READY, State.STOPPING, State.EXITED}),
+    State.READY: frozenset({State.UNHEALTHY, State.STOPPING, State.EXITED}),
+    State.UNHEALTHY: frozenset({State.EXITED}),  # it kills itself at once
+    State.STOPPING: frozenset({State.EXITED}),
+    State.EXITED: frozenset(),
+}
+
+
+def can_move(current: State, new: State) -> bool:
+    return new in TRANSITIONS[current]
 
 
 class StopReason(enum.Enum):
@@ -78,27 +92,81 @@ def next_expiry(occupants: Iterable[Occupant]) -> float | None:
 
 @dataclass(frozen=True)
 class CrashLoopRule:
-    """``threshold`` failures within ``window_s`` start an exponential backoff, capped."""
+    """``failures`` within ``window_s`` start a backoff of ``base_s``, doubling with each further
+    failure up to ``max_backoff_s`` (``pool.crash_loop``)."""
 
+    failures: int = 3
     window_s: float = 60.0
-    threshold: int = 3
+    max_backoff_s: float = 60.0
     base_s: float = 1.0
-    cap_s: float = 60.0
 
 
-def backoff_until(failures: Sequence[float], rule: CrashLoopRule = CrashLoopRule()) -> float | None:
-    """Until when a key may not be respawned, given its failure times (oldest first); None: go ahead.
+@dataclass(frozen=True)
+class Failure:
+    """One failure of a key's child: when (trio clock), why, and its last stderr lines."""
 
-    Only failures within ``window_s`` of the newest one count, so a model that
-    failed long ago starts with a clean slate.
+    at: float
+    reason: str
+    stderr_tail: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """A key that may not be respawned before ``until``."""
+
+    until: float
+    failures: int  # within the window
+    last: Failure
+
+
+class CrashHistory:
+    """Each key's recent failures, and the backoffs they call for.
+
+    Bounded: only failures within the window of a key's newest one are kept,
+    and a key is forgotten once it has been quiet for longer than its window
+    and any backoff has ended, so keys brought by per-request flags do not
+    accumulate.
     """
-    if not failures:
-        return None
-    recent = [t for t in failures if t >= failures[-1] - rule.window_s]
-    if len(recent) < rule.threshold:
-        return None
-    delay = min(rule.cap_s, rule.base_s * float(2 ** (len(recent) - rule.threshold)))
-    return failures[-1] + delay
+
+    def __init__(self, rule: CrashLoopRule = CrashLoopRule()) -> None:
+        self.rule = rule
+        self._failures: dict[str, list[Failure]] = {}
+
+    def record(self, key: str, failure: Failure) -> None:
+        window_start = failure.at - self.rule.window_s
+        recent = [f for f in self._failures.get(key, []) if f.at >= window_start]
+        self._failures[key] = [*recent, failure]
+        self.forget_quiet(failure.at)
+
+    def backoff(self, key: str, now: float) -> Backoff | None:
+        """The backoff ``key`` is in at ``now``, or None: it may be spawned."""
+        history = self._failures.get(key, [])
+        if len(history) < self.rule.failures:
+            return None
+        delay = min(
+            self.rule.max_backoff_s, self.rule.base_s * float(2 ** (len(history) - self.rule.failures))
+        )
+        until = history[-1].at + delay
+        return Backoff(until, len(history), history[-1]) if now < until else None
+
+    def backoffs(self, now: float) -> dict[str, Backoff]:
+        return {key: backoff for key in self._failures if (backoff := self.backoff(key, now)) is not None}
+
+    def forget_quiet(self, now: float) -> None:
+        """Drop keys whose newest failure left the window and that are not backing off."""
+        quiet = [
+            key
+            for key, history in self._failures.items()
+            if now - history[-1].at > self.rule.window_s and self.backoff(key, now) is None
+        ]
+        for key in quiet:
+            del self._failures[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._failures
+
+    def __len__(self) -> int:
+        return len(self._failures)
 
 
 HEALTH_FAILURE_LIMIT = 3

@@ -71,7 +71,7 @@ def violations(pool: Pool, outstanding: int) -> list[str]:
     for sidecar in sidecars:
         if sidecar.state is State.READY and (sidecar.pid is None or not pid_alive(sidecar.pid)):
             found.append(f"{sidecar.label} is READY but its process {sidecar.pid} is gone")
-    leases = sum(s.in_flight + s.waiting for s in sidecars)
+    leases = sum(sum(pool.leases(s.key)) for s in sidecars)
     if leases > outstanding:
         found.append(f"{leases} leases held for {outstanding} outstanding requests")
     return found
@@ -195,7 +195,7 @@ class Chaos:
                 if pid_alive(pid):
                     os.kill(pid, signal.SIGCONT)
         await settle(self.pool, lambda: self.outstanding)
-        leases = {s.label: (s.in_flight, s.waiting) for s in self.pool.sidecars()}
+        leases = {s.label: self.pool.leases(s.key) for s in self.pool.sidecars()}
         assert all(held == (0, 0) for held in leases.values()), leases
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from orchestrator import policy
 from orchestrator.policy import Occupant, State
 
@@ -49,11 +51,67 @@ def test_port_candidates_skip_used_ports_and_wrap_from_the_cursor() -> None:
     assert policy.port_candidates((10, 11), in_use=[10, 11], start=10) == []
 
 
-def test_crash_loop_backoff_grows_and_is_capped() -> None:
-    rule = policy.CrashLoopRule(window_s=60, threshold=3, base_s=1, cap_s=8)
-    assert policy.backoff_until([], rule) is None
-    assert policy.backoff_until([10, 20], rule) is None  # two failures: try again at once
-    assert policy.backoff_until([10, 20, 30], rule) == 31  # the third starts the backoff
-    assert policy.backoff_until([10, 20, 30, 31], rule) == 33
-    assert policy.backoff_until([10, 20, 30, 31, 33, 37, 45], rule) == 53  # capped at 8 s
-    assert policy.backoff_until([0, 1, 2, 200], rule) is None  # old failures left the window
+def history_after(failures_at: list[float], rule: policy.CrashLoopRule) -> policy.CrashHistory:
+    history = policy.CrashHistory(rule)
+    for at in failures_at:
+        history.record("k", policy.Failure(at, f"failed at {at}"))
+    return history
+
+
+RULE = policy.CrashLoopRule(failures=3, window_s=60, max_backoff_s=8)
+
+
+@pytest.mark.parametrize(
+    ("failures_at", "now", "until", "counted"),
+    [
+        ([], 0, None, 0),
+        ([10, 20], 20, None, 0),  # two failures: try again at once
+        ([10, 20, 30], 30, 31, 3),  # the third starts the backoff
+        ([10, 20, 30], 31, None, 0),  # ...which is over at 31
+        ([10, 20, 30, 31], 31, 33, 4),  # each further failure doubles it
+        ([10, 20, 30, 31, 33, 37, 45], 45, 53, 7),  # capped at max_backoff_s
+        ([0, 1, 2, 200], 200, None, 0),  # old failures left the window
+    ],
+)
+def test_crash_loop_backoff_grows_and_is_capped(
+    failures_at: list[float], now: float, until: float | None, counted: int
+) -> None:
+    backoff = history_after(failures_at, RULE).backoff("k", now)
+    if until is None:
+        assert backoff is None
+    else:
+        assert backoff is not None and (backoff.until, backoff.failures) == (until, counted)
+        assert backoff.last.reason == f"failed at {failures_at[-1]}"
+
+
+def test_crash_history_forgets_quiet_keys_but_not_one_that_backs_off() -> None:
+    history = policy.CrashHistory(policy.CrashLoopRule(failures=1, window_s=10, max_backoff_s=100))
+    history.record("old", policy.Failure(0, "x"))
+    history.record("old", policy.Failure(1, "x"))  # backing off until 1 + 2
+    history.record("quiet", policy.Failure(3, "x"))  # backing off until 4
+    history.forget_quiet(now=12.5)
+    assert "old" not in history and "quiet" in history  # 'old' failed 11.5 s ago, 'quiet' 9.5 s ago
+    history.forget_quiet(now=12.5 + 1)
+    assert len(history) == 0
+    short_window = policy.CrashHistory(policy.CrashLoopRule(failures=1, window_s=1, max_backoff_s=100))
+    for at in (0, 0.4, 0.8):
+        short_window.record("k", policy.Failure(at, "x"))  # a backoff of 4 s: until 4.8
+    short_window.forget_quiet(now=2)
+    assert "k" in short_window  # quiet for longer than its window, but still backing off: kept
+    assert short_window.backoffs(now=2).keys() == {"k"}
+    short_window.forget_quiet(now=5)
+    assert "k" not in short_window
+
+
+@pytest.mark.parametrize(
+    ("current", "allowed"),
+    [
+        (State.STARTING, {State.READY, State.STOPPING, State.EXITED}),
+        (State.READY, {State.UNHEALTHY, State.STOPPING, State.EXITED}),
+        (State.UNHEALTHY, {State.EXITED}),
+        (State.STOPPING, {State.EXITED}),
+        (State.EXITED, set()),
+    ],
+)
+def test_a_sidecars_life_only_moves_forward(current: State, allowed: set[State]) -> None:
+    assert {state for state in State if policy.can_move(current, state)} == allowed

@@ -23,8 +23,7 @@ from orchestrator.errors import AmbiguousSidecarError, SidecarNotFoundError
 from orchestrator.http.openai_errors import error_response
 from orchestrator.routing import RouteTable
 from orchestrator.supervisor.fanout import Dropped
-from orchestrator.supervisor.pool import Pool
-from orchestrator.supervisor.sidecar import Sidecar
+from orchestrator.supervisor.pool import Pool, SidecarLike
 from orchestrator.supervisor.stats import StatsSampler
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
@@ -54,7 +53,7 @@ class PoolView:
             "live": len(live),
             "max_sidecars": self.routes.config.pool.max_sidecars,
             "evictions": self.pool.evictions,
-            "in_flight": sum(s.in_flight for s in live),
+            "in_flight": sum(self.pool.leases(s.key)[0] for s in live),
             "total_rss_bytes": self.stats.latest["total_rss_bytes"],
             "daemon": self.stats.latest["daemon"],
         }
@@ -71,7 +70,7 @@ class PoolView:
             for route in self.routes.routes()
         ]
 
-    def find(self, ident: str) -> Sidecar:
+    def find(self, ident: str) -> SidecarLike:
         """The live sidecar that ``ident`` names: its key, an agent, model or alias routed to it, or a
         unique key prefix. The one resolver of sidecar names: the CLI and the dashboard pass names on."""
         live = self.pool.sidecars()
@@ -203,8 +202,10 @@ def _register_feeds(app: QuartTrio, view: PoolView) -> None:
                 "routes": view.configured(),
             }
             await websocket.send(json.dumps(snapshot))
-            async for event in subscription:
-                payload = {"type": "dropped", "count": event.count} if isinstance(event, Dropped) else event
+            async for item in subscription:
+                payload = (
+                    {"type": "dropped", "count": item.count} if isinstance(item, Dropped) else item.to_json()
+                )
                 await websocket.send(json.dumps(payload))
 
 

@@ -1,10 +1,17 @@
-"""The pool: the registry of sidecars, leases, spawn coalescing, eviction, idle TTL.
+"""The pool: the registry of sidecars, leases, spawn coalescing, eviction, idle TTL, crash loops.
 
 Every sidecar runs in the pool's nursery, never in the request that caused it,
 so a client that goes away mid-spawn does not kill the child. All bookkeeping
 is synchronous between checkpoints, so trio's scheduling makes "check state,
 then act" atomic: a request that leases a child and an eviction that picks it
 cannot interleave.
+
+The contract with a sidecar (``SidecarLike``): the pool makes one through its
+factory, runs it, reads its state and outcome, and is told its life through
+typed events; it never writes a sidecar's fields. Leases, waiting requests,
+last use and draining are the pool's own bookkeeping (``_Tenancy``). With a
+sidecar double as the factory, all of the pool's policy runs on trio's mock
+clock.
 """
 
 from __future__ import annotations
@@ -14,22 +21,69 @@ import math
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import trio
 
-from orchestrator import policy, procgroup
+from orchestrator import policy
 from orchestrator.config import LlamaServerSettings, PoolSettings
 from orchestrator.errors import BackoffError, CapacityError, OverloadedError, SpawnError
-from orchestrator.policy import Occupant, State, StopReason
+from orchestrator.policy import CrashHistory, Failure, Occupant, State, StopReason
 from orchestrator.procgroup import child_environment
 from orchestrator.routing import CHILD_HOST, RouteTable, SidecarSpec
+from orchestrator.supervisor.events import (
+    Evicted,
+    Exited,
+    FailedToStart,
+    Outcome,
+    PoolEvent,
+    Published,
+    RequestFinished,
+    RequestStarted,
+    SidecarEvent,
+    Spawned,
+    Starting,
+    Unhealthy,
+)
 from orchestrator.supervisor.fanout import FanOut
+from orchestrator.supervisor.logtail import LogFeed
 from orchestrator.supervisor.sidecar import Sidecar
+from orchestrator.supervisor.upstream import Upstream
 
 log = logging.getLogger("orchestrator.supervisor.pool")
+
+
+class SidecarLike(Protocol):
+    """What the pool needs of a sidecar (``Sidecar``, or a double in the tests)."""
+
+    spec: SidecarSpec
+    restarts: int
+    slots: int
+    pid: int | None
+    port: int | None
+    stderr: LogFeed
+    outcome: Outcome | None
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def state(self) -> State: ...
+    @property
+    def upstream(self) -> Upstream: ...
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+    def mark_stopping(self, reason: StopReason, detail: str) -> bool: ...
+    async def stop(self, reason: StopReason, detail: str) -> None: ...
+    async def wait_settled(self) -> None: ...
+    async def wait_exited(self) -> None: ...
+    def describe(self) -> dict[str, Any]: ...
+
+
+# Makes the sidecar for a spec; it reports its life through the callback it is given.
+SidecarFactory = Callable[[SidecarSpec, int, Callable[[SidecarEvent], None]], SidecarLike]
 
 
 def port_is_free(port: int) -> bool:
@@ -49,18 +103,39 @@ class ChildGuard(Protocol):
     def unregister(self, pid: int) -> None: ...
 
 
+class _Tenancy:
+    """The pool's bookkeeping about one live sidecar: its leases and the requests waiting for it."""
+
+    def __init__(self, sidecar: SidecarLike) -> None:
+        self.sidecar = sidecar
+        self.in_flight = 0
+        self.waiting = 0  # requests waiting for it: to become ready, or for a free slot
+        self.last_used = trio.current_time()
+        self.idle = trio.Event()  # set while nothing is in flight
+        self.idle.set()
+
+    def occupant(self) -> Occupant:
+        s = self.sidecar
+        return Occupant(s.key, s.state, self.in_flight, self.last_used, self.waiting, s.spec.idle_ttl_s)
+
+
 class Pool:
     """Owns every sidecar; hands out leases on ready ones."""
 
-    def __init__(self, routes: RouteTable, guard: ChildGuard | None = None) -> None:
+    def __init__(
+        self,
+        routes: RouteTable,
+        guard: ChildGuard | None = None,
+        sidecar_factory: SidecarFactory | None = None,
+    ) -> None:
         self.routes = routes
         self._guard = guard
+        self._make_sidecar = sidecar_factory or self._real_sidecar
         self.evictions = 0
-        self.events: FanOut[dict[str, Any]] = FanOut()
-        self._sidecars: dict[str, Sidecar] = {}
-        self._spawns: dict[str, int] = {}
-        self._failures: dict[str, list[float]] = {}  # trio clock times of each key's failures
-        self._last_failure: dict[str, SpawnError] = {}
+        self.events: FanOut[Published] = FanOut()
+        self._live: dict[str, _Tenancy] = {}
+        self._spawns: dict[str, int] = {}  # per key; forgotten with its crash history (see _forget)
+        self._crashes = CrashHistory(routes.config.pool.crash_loop)
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._port_cursor = self._settings.port_range[0]
@@ -84,77 +159,89 @@ class Pool:
     # -- leases ------------------------------------------------------------
 
     @asynccontextmanager
-    async def lease(self, spec: SidecarSpec) -> AsyncIterator[Sidecar]:
+    async def lease(self, spec: SidecarSpec) -> AsyncIterator[SidecarLike]:
         """A ready sidecar for ``spec``, counted in flight until the block ends."""
-        sidecar = await self._acquire(spec)
-        self._publish(sidecar, "request", {"phase": "started", "in_flight": sidecar.in_flight})
+        tenancy = await self._acquire(spec)
+        sidecar = tenancy.sidecar
+        self._publish(sidecar, RequestStarted, in_flight=tenancy.in_flight)
         try:
             yield sidecar
         finally:
-            sidecar.release()
-            self._publish(sidecar, "request", {"phase": "finished", "in_flight": sidecar.in_flight})
+            tenancy.in_flight -= 1
+            tenancy.last_used = trio.current_time()
+            if tenancy.in_flight == 0:
+                tenancy.idle.set()
+            self._publish(sidecar, RequestFinished, in_flight=tenancy.in_flight)
             self._notify()
 
-    async def preload(self, spec: SidecarSpec) -> Sidecar:
+    async def preload(self, spec: SidecarSpec) -> SidecarLike:
         """Make sure a child for ``spec`` is running (spawning it if needed), without a request."""
         async with self.lease(spec) as sidecar:
             return sidecar
 
-    async def _acquire(self, spec: SidecarSpec) -> Sidecar:
+    async def _acquire(self, spec: SidecarSpec) -> _Tenancy:
         deadline = trio.current_time() + self._pool_settings.capacity_wait_s
         while True:
-            sidecar = self._sidecars.get(spec.key)
-            if sidecar is None:
+            tenancy = self._live.get(spec.key)
+            if tenancy is None:
                 self._refuse_while_backing_off(spec)
-                sidecar = await self._make_room(spec, deadline)
-                if sidecar is None:
-                    sidecar = self._spawn(spec)
-            await sidecar.wait_settled()
-            if sidecar.state is State.READY and sidecar.in_flight < self._max_in_flight(sidecar):
-                sidecar.acquire()
-                return sidecar
+                tenancy = await self._make_room(spec, deadline) or self._spawn(spec)
+            sidecar = tenancy.sidecar
+            if sidecar.state is State.STARTING:
+                # Counted as waiting, the child is not evicted before its waiters could use it.
+                tenancy.waiting += 1
+                try:
+                    await sidecar.wait_settled()
+                finally:
+                    tenancy.waiting -= 1
             if sidecar.state is State.READY:
-                await self._queue_for(sidecar, deadline)
+                if tenancy.in_flight < self._max_in_flight(sidecar):
+                    tenancy.in_flight += 1
+                    tenancy.idle = trio.Event() if tenancy.in_flight == 1 else tenancy.idle
+                    return tenancy
+                await self._queue_for(tenancy, deadline)
                 continue
-            if sidecar.failure is not None and sidecar.stop_reason is None:
-                raise sidecar.failure  # it could not start
-            # It is being stopped (evicted, unhealthy, or it died): wait, then respawn.
+            if isinstance(sidecar.outcome, FailedToStart):
+                raise sidecar.outcome.error  # the next request tries again (or meets the backoff)
+            # It is being stopped (evicted, unhealthy, reloaded) or it crashed: wait, then respawn.
             await sidecar.wait_exited()
+            self._gone(tenancy)  # done already when it said it exited; never leave it registered
 
-    def _max_in_flight(self, sidecar: Sidecar) -> int:
+    def _max_in_flight(self, sidecar: SidecarLike) -> int:
         return self._pool_settings.max_in_flight or sidecar.slots
 
-    async def _queue_for(self, sidecar: Sidecar, deadline: float) -> None:
+    async def _queue_for(self, tenancy: _Tenancy, deadline: float) -> None:
         """Wait (bounded) for a busy child to finish a request; 429 when its queue is full."""
-        if sidecar.waiting >= self._pool_settings.max_queue:
+        sidecar = tenancy.sidecar
+        if tenancy.waiting >= self._pool_settings.max_queue:
             raise OverloadedError(
-                f"{sidecar.spec.model} is serving {sidecar.in_flight} requests (its limit) and "
-                f"{sidecar.waiting} more are waiting (pool.max_queue); try again shortly",
+                f"{sidecar.spec.model} is serving {tenancy.in_flight} requests (its limit) and "
+                f"{tenancy.waiting} more are waiting (pool.max_queue); try again shortly",
                 retry_after_s=1,
             )
-        sidecar.waiting += 1  # a child with waiters is not idle: never evicted under them
+        tenancy.waiting += 1  # a child with waiters is not idle: never evicted under them
         try:
             with trio.move_on_at(deadline):
                 await self._changed.wait()
         finally:
-            sidecar.waiting -= 1
+            tenancy.waiting -= 1
         if trio.current_time() >= deadline:
             wait = self._pool_settings.capacity_wait_s
             raise CapacityError(
                 f"{sidecar.spec.model} stayed busy for {wait:g} s (pool.capacity_wait_s)", retry_after_s=1
             )
 
-    async def _make_room(self, spec: SidecarSpec, deadline: float) -> Sidecar | None:
+    async def _make_room(self, spec: SidecarSpec, deadline: float) -> _Tenancy | None:
         """Wait until the pool has room for one more child, evicting the LRU idle one.
 
-        Returns a sidecar for ``spec`` if another request spawned one meanwhile.
+        Returns the tenancy of a sidecar for ``spec`` if another request spawned one meanwhile.
         """
-        while len(self._sidecars) >= self._pool_settings.max_sidecars:
-            victim_key = policy.choose_victim(self._occupants())
+        while len(self._live) >= self._pool_settings.max_sidecars:
+            victim_key = policy.choose_victim(t.occupant() for t in self._live.values())
             if victim_key is not None:
-                victim = self._sidecars[victim_key]
+                victim = self._live[victim_key]
                 self._stop_soon(victim, StopReason.LRU, "least recently used, and the pool is full")
-                await victim.wait_exited()
+                await victim.sidecar.wait_exited()
             else:
                 with trio.move_on_at(deadline):
                     await self._changed.wait()
@@ -165,72 +252,66 @@ class Pool:
                         f"waited {wait:g} s (pool.capacity_wait_s) for one to become idle",
                         retry_after_s=max(1, math.ceil(wait / 4)),
                     )
-            existing = self._sidecars.get(spec.key)
+            existing = self._live.get(spec.key)
             if existing is not None:
                 return existing
         return None
 
-    def _refuse_while_backing_off(self, spec: SidecarSpec) -> None:
-        until = policy.backoff_until(self._failures.get(spec.key, []))
-        now = trio.current_time()
-        if until is None or now >= until:
-            return
-        last = self._last_failure[spec.key]
-        window = policy.CrashLoopRule().window_s
-        failures = len([t for t in self._failures[spec.key] if t >= now - window])
-        raise BackoffError(
-            f"{spec.model} keeps failing ({failures} times in the last {window:g} s); not restarting it "
-            f"for {until - now:.1f} s more. Last failure: {last.reason}",
-            last.stderr_tail,
-            retry_after_s=max(1, math.ceil(until - now)),
-        )
+    # -- crash loops ---------------------------------------------------------
 
-    def _record_failure(self, sidecar: Sidecar) -> None:
-        """A child that could not start, or that exited without being asked to."""
-        if sidecar.stop_reason is not None:
-            return  # stopped on purpose (or for failing its health checks): not a crash
-        if sidecar.failure is not None:
-            failure = sidecar.failure
-        elif sidecar.exit_code is not None:
-            how = procgroup.describe_exit(sidecar.exit_code)
-            failure = SpawnError(f"llama-server exited unexpectedly ({how})", sidecar.stderr.tail(20))
-        else:
-            return
-        window = policy.CrashLoopRule().window_s
+    def _refuse_while_backing_off(self, spec: SidecarSpec) -> None:
         now = trio.current_time()
-        history = [t for t in self._failures.get(sidecar.key, []) if t >= now - window]
-        self._failures[sidecar.key] = [*history, now]
-        self._last_failure[sidecar.key] = failure
+        backoff = self._crashes.backoff(spec.key, now)
+        if backoff is None:
+            return
+        window = self._crashes.rule.window_s
+        raise BackoffError(
+            f"{spec.model} keeps failing ({backoff.failures} times in the last {window:g} s); not "
+            f"restarting it for {backoff.until - now:.1f} s more. Last failure: {backoff.last.reason}",
+            backoff.last.stderr_tail,
+            retry_after_s=max(1, math.ceil(backoff.until - now)),
+        )
 
     def backoffs(self) -> list[dict[str, Any]]:
         """Keys that may not be respawned yet, with why (for /api/sidecars)."""
         now = trio.current_time()
-        result = []
-        for key, failures in self._failures.items():
-            until = policy.backoff_until(failures)
-            if until is not None and until > now:
-                last = self._last_failure[key]
-                result.append({"key": key, "failures": len(failures), "retry_in_s": round(until - now, 1),
-                               "last_error": last.reason, "stderr_tail": list(last.stderr_tail)})  # fmt: skip
-        return result
+        return [
+            {
+                "key": key,
+                "failures": b.failures,
+                "retry_in_s": round(b.until - now, 1),
+                "last_error": b.last.reason,
+                "stderr_tail": list(b.last.stderr_tail),
+            }
+            for key, b in self._crashes.backoffs(now).items()
+        ]
 
-    def _spawn(self, spec: SidecarSpec) -> Sidecar:
+    # -- spawning ------------------------------------------------------------
+
+    def _spawn(self, spec: SidecarSpec) -> _Tenancy:
         assert self._nursery is not None, "Pool.run() is not running"
-        spawns = self._spawns[spec.key] = self._spawns.get(spec.key, 0) + 1
-        sidecar = Sidecar(
+        restarts = self._spawns.get(spec.key, 0)
+        self._spawns[spec.key] = restarts + 1
+        sidecar = self._make_sidecar(spec, restarts, self._on_sidecar_event)
+        tenancy = self._live[spec.key] = _Tenancy(sidecar)
+        self._publish(sidecar, Spawned, restarts=restarts)
+        self._nursery.start_soon(self._own, tenancy)
+        return tenancy
+
+    def _real_sidecar(
+        self, spec: SidecarSpec, restarts: int, on_event: Callable[[SidecarEvent], None]
+    ) -> Sidecar:
+        return Sidecar(
             spec,
             env=child_environment(os.environ, spec.binary.env),
             settings=self._settings,
             allocate_port=self._allocate_port,
-            restarts=spawns - 1,
-            on_event=self._on_sidecar_event,
+            restarts=restarts,
+            on_event=on_event,
         )
-        self._sidecars[spec.key] = sidecar
-        self._publish(sidecar, "spawn", {"restarts": spawns - 1})
-        self._nursery.start_soon(self._own, sidecar)
-        return sidecar
 
-    async def _own(self, sidecar: Sidecar) -> None:
+    async def _own(self, tenancy: _Tenancy) -> None:
+        sidecar = tenancy.sidecar
         try:
             await sidecar.run()
         except SpawnError as error:
@@ -240,13 +321,10 @@ class Pool:
             # take down the daemon and every other child with it.
             log.exception("%s supervision failed", sidecar.label)
         finally:
-            self._record_failure(sidecar)
-            if self._sidecars.get(sidecar.key) is sidecar:
-                del self._sidecars[sidecar.key]
-            self._notify()
+            self._gone(tenancy)
 
     def _allocate_port(self) -> int:
-        in_use = [s.port for s in self._sidecars.values() if s.port is not None]
+        in_use = [t.sidecar.port for t in self._live.values() if t.sidecar.port is not None]
         for port in policy.port_candidates(self._settings.port_range, in_use, self._port_cursor):
             self._port_cursor = port + 1
             if port_is_free(port):
@@ -256,35 +334,43 @@ class Pool:
 
     # -- stopping ------------------------------------------------------------
 
-    def _stop_soon(self, sidecar: Sidecar, reason: StopReason, detail: str) -> None:
+    def _stop_soon(self, tenancy: _Tenancy, reason: StopReason, detail: str) -> None:
+        """Take the child out of service now; stop it once its requests are done (bounded)."""
         assert self._nursery is not None
+        sidecar = tenancy.sidecar
         if sidecar.mark_stopping(reason, detail):
+            log.info("%s stopping (%s), %d request(s) in flight", sidecar.label, detail, tenancy.in_flight)
             self._count_eviction(sidecar, reason, detail)
-        self._nursery.start_soon(sidecar.stop, reason, detail, self._pool_settings.drain_timeout_s)
+        self._nursery.start_soon(self._drain_then_stop, tenancy, reason, detail)
 
-    def _count_eviction(self, sidecar: Sidecar, reason: StopReason, detail: str) -> None:
+    async def _drain_then_stop(self, tenancy: _Tenancy, reason: StopReason, detail: str) -> None:
+        with trio.move_on_after(self._pool_settings.drain_timeout_s):
+            await tenancy.idle.wait()
+        await tenancy.sidecar.stop(reason, detail)
+
+    def _count_eviction(self, sidecar: SidecarLike, reason: StopReason, detail: str) -> None:
         if reason is not StopReason.SHUTDOWN:
             self.evictions += 1
-        self._publish(sidecar, "evicted", {"reason": reason.value, "detail": detail})
+        self._publish(sidecar, Evicted, reason=reason, detail=detail)
 
     async def evict(
         self, key: str, reason: StopReason = StopReason.MANUAL, detail: str = "stopped on request"
     ) -> bool:
         """Stop one child after its in-flight requests (bounded); False if there is none."""
-        sidecar = self._sidecars.get(key)
-        if sidecar is None:
+        tenancy = self._live.get(key)
+        if tenancy is None:
             return False
-        self._stop_soon(sidecar, reason, detail)
-        await sidecar.wait_exited()
+        self._stop_soon(tenancy, reason, detail)
+        await tenancy.sidecar.wait_exited()
         return True
 
-    async def restart(self, key: str) -> Sidecar | None:
+    async def restart(self, key: str) -> SidecarLike | None:
         """Replace one child with a fresh one of the same spec; None if there is none."""
-        sidecar = self._sidecars.get(key)
-        if sidecar is None:
+        tenancy = self._live.get(key)
+        if tenancy is None:
             return None
         await self.evict(key, StopReason.RESTART, "restarted on request")
-        return await self.preload(sidecar.spec)
+        return await self.preload(tenancy.sidecar.spec)
 
     def apply(self, routes: RouteTable) -> tuple[list[str], list[str]]:
         """Serve ``routes`` from now on: children they still need keep running, the others drain and stop.
@@ -292,85 +378,124 @@ class Pool:
         Returns the keys kept and the keys stopping.
         """
         self.routes = routes
-        wanted = {routes.key_of(route.name) for route in routes.routes()}
+        self._crashes.rule = routes.config.pool.crash_loop
+        wanted = self._configured_keys()
         kept, stopping = [], []
-        for sidecar in list(self._sidecars.values()):
-            if sidecar.key in wanted:
-                kept.append(sidecar.key)
+        for tenancy in list(self._live.values()):
+            if tenancy.sidecar.key in wanted:
+                kept.append(tenancy.sidecar.key)
             else:
-                self._stop_soon(sidecar, StopReason.RELOAD, "no longer in the configuration, or changed")
-                stopping.append(sidecar.key)
+                self._stop_soon(tenancy, StopReason.RELOAD, "no longer in the configuration, or changed")
+                stopping.append(tenancy.sidecar.key)
         self._notify()
         return kept, stopping
 
     def close_feeds(self) -> None:
         """End every events and log subscription (the daemon is going away)."""
         self.events.close()
-        for sidecar in self._sidecars.values():
-            sidecar.stderr.live.close()
+        for tenancy in self._live.values():
+            tenancy.sidecar.stderr.live.close()
 
     async def stop_all(self) -> None:
         """Stop every child, each after its in-flight requests (bounded), in parallel."""
-        sidecars = list(self._sidecars.values())
-        for sidecar in sidecars:
-            self._stop_soon(sidecar, StopReason.SHUTDOWN, "the daemon is shutting down")
-        for sidecar in sidecars:
-            await sidecar.wait_exited()
+        tenancies = list(self._live.values())
+        for tenancy in tenancies:
+            self._stop_soon(tenancy, StopReason.SHUTDOWN, "the daemon is shutting down")
+        for tenancy in tenancies:
+            await tenancy.sidecar.wait_exited()
 
     async def _expire_idle(self) -> None:
         while True:
-            for key in policy.expired(self._occupants(), trio.current_time()):
-                sidecar = self._sidecars[key]
-                self._stop_soon(
-                    sidecar, StopReason.TTL, f"idle for {sidecar.spec.idle_ttl_s:g} s (its idle TTL)"
-                )
-            next_expiry = policy.next_expiry(self._occupants())
+            occupants = [t.occupant() for t in self._live.values()]
+            for key in policy.expired(occupants, trio.current_time()):
+                tenancy = self._live[key]
+                ttl = tenancy.sidecar.spec.idle_ttl_s
+                self._stop_soon(tenancy, StopReason.TTL, f"idle for {ttl:g} s (its idle TTL)")
+            next_expiry = policy.next_expiry(t.occupant() for t in self._live.values())
             with trio.move_on_at(math.inf if next_expiry is None else next_expiry):
                 await self._changed.wait()
 
-    # -- views ---------------------------------------------------------------
+    # -- what sidecars tell us -------------------------------------------------
 
-    def _on_sidecar_event(self, sidecar: Sidecar, kind: str, details: dict[str, Any]) -> None:
-        if self._guard is not None and kind == "starting":
-            self._guard.register(details["pid"])
-        if self._guard is not None and kind == "exited" and sidecar.pid is not None:
-            self._guard.unregister(sidecar.pid)
-        if kind == "unhealthy":  # the sidecar kills itself; for the pool that is an eviction
-            self._count_eviction(sidecar, StopReason.UNHEALTHY, sidecar.stop_detail)
-        self._publish(sidecar, kind, details)
+    def _on_sidecar_event(self, event: SidecarEvent) -> None:
+        tenancy = self._live.get(event.key)
+        sidecar = None if tenancy is None else tenancy.sidecar
+        if isinstance(event, Starting) and self._guard is not None:
+            self._guard.register(event.pid)
+        elif isinstance(event, Unhealthy) and sidecar is not None:
+            # The sidecar kills itself; for the pool that is an eviction.
+            self._count_eviction(sidecar, StopReason.UNHEALTHY, event.detail)
+        elif isinstance(event, Exited) and tenancy is not None:
+            if self._guard is not None and tenancy.sidecar.pid is not None:
+                self._guard.unregister(tenancy.sidecar.pid)
+            self._gone(tenancy)
+        if sidecar is not None and self.events:
+            self.events.publish(Published(event, self.describe_one(sidecar)))
         self._notify()
 
-    def _publish(self, sidecar: Sidecar, kind: str, details: dict[str, Any]) -> None:
+    def _gone(self, tenancy: _Tenancy) -> None:
+        """A sidecar exited: forget it, and remember a failure for the crash-loop rule."""
+        key = tenancy.sidecar.key
+        if self._live.get(key) is not tenancy:
+            return  # already done (the Exited event and the end of its task both come here)
+        del self._live[key]
+        outcome = tenancy.sidecar.outcome
+        failure = None if outcome is None else outcome.failure()
+        if failure is not None:
+            self._crashes.record(key, Failure(trio.current_time(), failure.reason, failure.stderr_tail))
+        self._forget()
+        self._notify()
+
+    def _forget(self) -> None:
+        """Keep per-key history bounded: drop keys that are not live, configured, or backing off."""
+        self._crashes.forget_quiet(trio.current_time())
+        keep = self._configured_keys() | set(self._live)
+        for key in [k for k in self._spawns if k not in keep and k not in self._crashes]:
+            del self._spawns[key]
+
+    def _configured_keys(self) -> set[str]:
+        return {self.routes.key_of(route.name) for route in self.routes.routes()}
+
+    def _publish(self, sidecar: SidecarLike, event: type[SidecarEvent], **details: Any) -> None:
         if not self.events:
             return  # nobody listens: skip describing the sidecar (twice per request otherwise)
-        event = {
-            "type": kind,
-            "key": sidecar.key,
-            "model": sidecar.spec.model,
-            "ts": time.time(),
-            **details,
-            "sidecar": self.describe_one(sidecar),
-        }
-        self.events.publish(event)
+        made = event(key=sidecar.key, model=sidecar.spec.model, ts=time.time(), **details)
+        self.events.publish(Published(made, self.describe_one(sidecar)))
+
+    def publish(self, event: PoolEvent) -> None:
+        """Send an event that concerns no one sidecar (a stats sample) to the feeds."""
+        if self.events:
+            self.events.publish(Published(event))
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 
-    def _occupants(self) -> list[Occupant]:
-        return [
-            Occupant(s.key, s.state, s.in_flight, s.last_used, s.waiting, s.spec.idle_ttl_s)
-            for s in self._sidecars.values()
-        ]
+    # -- views ---------------------------------------------------------------
 
-    def get(self, key: str) -> Sidecar | None:
-        return self._sidecars.get(key)
+    def get(self, key: str) -> SidecarLike | None:
+        tenancy = self._live.get(key)
+        return None if tenancy is None else tenancy.sidecar
 
-    def sidecars(self) -> list[Sidecar]:
-        return list(self._sidecars.values())
+    def sidecars(self) -> list[SidecarLike]:
+        return [tenancy.sidecar for tenancy in self._live.values()]
 
-    def describe_one(self, sidecar: Sidecar) -> dict[str, Any]:
-        return {**sidecar.describe(), "agents": self.routes.users(sidecar.key)}
+    def leases(self, key: str) -> tuple[int, int]:
+        """(requests in flight, requests waiting) for the live sidecar ``key``; (0, 0) if none."""
+        tenancy = self._live.get(key)
+        return (0, 0) if tenancy is None else (tenancy.in_flight, tenancy.waiting)
+
+    def describe_one(self, sidecar: SidecarLike) -> dict[str, Any]:
+        tenancy = self._live.get(sidecar.key)
+        leases: dict[str, Any] = {"in_flight": 0, "waiting": 0, "last_used": None}
+        if tenancy is not None and tenancy.sidecar is sidecar:
+            idle_for = trio.current_time() - tenancy.last_used
+            leases = {
+                "in_flight": tenancy.in_flight,
+                "waiting": tenancy.waiting,
+                "last_used": time.time() - idle_for,
+            }
+        return {**sidecar.describe(), **leases, "agents": self.routes.users(sidecar.key)}
 
     def describe(self) -> list[dict[str, Any]]:
-        return [self.describe_one(sidecar) for sidecar in self._sidecars.values()]
+        return [self.describe_one(tenancy.sidecar) for tenancy in self._live.values()]

@@ -1,10 +1,17 @@
 """One llama-server child: spawn, pipes, readiness, health monitor, reaper, stop.
 
-``Sidecar.run`` owns the process for its whole life. It returns when the child
-is gone, raising SpawnError if the child never became ready (its stderr tail
-attached). Stopping is cancellation: the process task's ``deliver_cancel``
-sends SIGTERM, waits ``stop_grace_s``, then SIGKILLs the whole process group,
-and after every exit the group is swept again so no grandchild survives.
+``Sidecar.run`` owns the process for its whole life. Its life is a small state
+machine (``policy.TRANSITIONS``: starting, ready, unhealthy, stopping, exited)
+that it reports as typed events (``events``), and it ends in exactly one
+``Outcome``: stopped on purpose, crashed, or failed to start. ``run`` returns
+when the child is gone, raising the SpawnError of a child that failed to start
+(its stderr tail attached). Stopping is cancellation: the process task's
+``deliver_cancel`` sends SIGTERM, waits ``stop_grace_s``, then SIGKILLs the
+whole process group, and after every exit the group is swept again so no
+grandchild survives.
+
+The sidecar knows nothing of requests: leases, waiting and draining are the
+pool's bookkeeping.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -25,8 +32,21 @@ from orchestrator.errors import SpawnError, UpstreamError
 from orchestrator.policy import State, StopReason
 from orchestrator.routing import CHILD_HOST, SidecarSpec
 from orchestrator.supervisor import logtail
+from orchestrator.supervisor.events import (
+    Crashed,
+    Exited,
+    FailedToStart,
+    Outcome,
+    Ready,
+    SidecarEvent,
+    Starting,
+    Stopped,
+    Unhealthy,
+    outcome_json,
+)
 from orchestrator.supervisor.upstream import Upstream
 
+E = TypeVar("E", bound=SidecarEvent)
 log = logging.getLogger("orchestrator.supervisor.sidecar")
 child_log = logging.getLogger("orchestrator.child")
 
@@ -52,33 +72,28 @@ class Sidecar:
         settings: LlamaServerSettings,
         allocate_port: Callable[[], int],
         restarts: int = 0,
-        on_event: Callable[[Sidecar, str, dict[str, Any]], None] = lambda _s, _k, _d: None,
+        on_event: Callable[[SidecarEvent], None] = lambda _event: None,
     ) -> None:
         self.spec = spec
         self.restarts = restarts
-        self.state = State.STARTING
         self.port: int | None = None
         self.pid: int | None = None
         self.argv: list[str] = []
         self.started_at = time.time()
         self.ready_at: float | None = None
-        self.exit_code: int | None = None
-        self.stop_reason: StopReason | None = None
-        self.stop_detail = ""
-        self.failure: SpawnError | None = None
-        self.in_flight = 0
         self.slots = DEFAULT_SLOTS  # how many requests the child serves at once (from its /props)
-        self.waiting = 0  # requests waiting for it to become ready
-        self.last_used = trio.current_time()
         self.stderr = logtail.LogFeed(TAIL_LINES)
+        self.outcome: Outcome | None = None  # set once, when it has exited
+        self._state = State.STARTING
+        self._out_of_service: tuple[StopReason, str] | None = None  # why, once it was taken out
+        self._exit_code: int | None = None
+        self._failure: SpawnError | None = None  # why it could not start
         self._env = dict(env)
         self._settings = settings
         self._allocate_port = allocate_port
-        self._on_event = on_event  # told: starting, ready, unhealthy, exited
+        self._on_event = on_event  # told: Starting, Ready, Unhealthy, Exited
         self._settled = trio.Event()  # ready, or gone
         self._exited = trio.Event()
-        self._idle = trio.Event()
-        self._idle.set()
         self._hint = trio.Event()
         self._port_taken = False
         self._stop_requested = False
@@ -94,36 +109,33 @@ class Sidecar:
         return f"[sidecar:{self.key[:8]}:{self.port}]"
 
     @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def stop_reason(self) -> StopReason | None:
+        """Why it was taken out of service, if it was."""
+        return None if self._out_of_service is None else self._out_of_service[0]
+
+    @property
+    def stop_detail(self) -> str:
+        return "" if self._out_of_service is None else self._out_of_service[1]
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._exit_code
+
+    @property
     def upstream(self) -> Upstream:
         """HTTP to the running child (a ready sidecar always has one)."""
         assert self._upstream is not None, "the child has not started"
         return self._upstream
 
-    # -- leases ------------------------------------------------------------
-
-    def acquire(self) -> None:
-        """Count a request in flight (the pool checks the state first)."""
-        self.in_flight += 1
-        if self.in_flight == 1:
-            self._idle = trio.Event()
-
-    def release(self) -> None:
-        self.in_flight -= 1
-        self.last_used = trio.current_time()
-        if self.in_flight == 0:
-            self._idle.set()
+    # -- waiting on it ---------------------------------------------------------
 
     async def wait_settled(self) -> None:
-        """Until the child is ready or gone (check ``state`` and ``failure`` after).
-
-        While waiting, the caller counts in ``waiting``, which keeps the child
-        from being evicted before the caller could use it.
-        """
-        self.waiting += 1
-        try:
-            await self._settled.wait()
-        finally:
-            self.waiting -= 1
+        """Until the child is ready or gone (check ``state`` and ``outcome`` after)."""
+        await self._settled.wait()
 
     async def wait_exited(self) -> None:
         await self._exited.wait()
@@ -137,47 +149,62 @@ class Sidecar:
                 try:
                     port = self._allocate_port()
                 except SpawnError as error:
-                    self.failure = error
+                    self._failure = error
                     break
                 if not await self._run_child(port, task_status):
                     break
             else:
-                self.failure = SpawnError(
+                self._failure = SpawnError(
                     f"llama-server could not bind a port {PORT_ATTEMPTS} times in a row "
                     f"(last {self.port}); is something else using llama_server.port_range?",
                     self.stderr.tail(ERROR_TAIL_LINES),
                 )
         finally:
-            self.state = State.EXITED
+            self._move(State.EXITED)
             if self._upstream is not None:
                 self._upstream.close()
-            uptime = time.time() - self.started_at
-            exit_info: dict[str, Any] = {"code": self.exit_code, "uptime_s": round(uptime, 3)}
-            if self.failure is not None:
-                exit_info["error"] = self.failure.reason
-            self.stderr.finish(exit_info)
+            self.outcome = outcome = self._outcome()
+            self.stderr.finish(outcome_json(outcome))
             self._settled.set()
             self._exited.set()
-            self._on_event(self, "exited", exit_info)
-        if self.failure is not None:
-            raise self.failure
+            self._emit(Exited, outcome=outcome)
+        if isinstance(outcome, FailedToStart):
+            raise outcome.error
+
+    def _outcome(self) -> Outcome:
+        uptime = time.time() - self.started_at
+        if self._out_of_service is not None:
+            reason, detail = self._out_of_service
+            return Stopped(reason, detail, self._exit_code, uptime)
+        if self._failure is not None or self._exit_code is None:
+            error = self._failure or SpawnError("llama-server never started")
+            return FailedToStart(error, self._exit_code, uptime)
+        return Crashed(self._exit_code, tuple(self.stderr.tail(ERROR_TAIL_LINES)), uptime)
 
     def mark_stopping(self, reason: StopReason, detail: str) -> bool:
         """Take the child out of service at once (no new leases); False if it already was."""
-        if self.state in (State.STOPPING, State.EXITED):
+        return self._take_out_of_service(State.STOPPING, reason, detail)
+
+    def _take_out_of_service(self, state: State, reason: StopReason, detail: str) -> bool:
+        if not policy.can_move(self._state, state) or self._state is State.EXITED:
             return False
-        self.state = State.STOPPING
-        self.stop_reason, self.stop_detail = reason, detail
-        log.info("%s stopping (%s), %d request(s) in flight", self.label, detail, self.in_flight)
+        self._out_of_service = (reason, detail)
+        self._move(state)
+        log.info("%s out of service (%s)", self.label, detail)
         return True
 
-    async def stop(self, reason: StopReason, detail: str, drain_timeout_s: float) -> None:
-        """Let in-flight requests finish (bounded), then stop the child and wait for it."""
+    async def stop(self, reason: StopReason, detail: str) -> None:
+        """Stop the child now (its requests, if any, fail) and wait until it is gone."""
         self.mark_stopping(reason, detail)
-        with trio.move_on_after(drain_timeout_s):
-            await self._idle.wait()
         self._cancel_life()
         await self._exited.wait()
+
+    def _move(self, state: State) -> None:
+        assert self._state is state or policy.can_move(self._state, state), f"{self._state} -> {state}"
+        self._state = state
+
+    def _emit(self, event: type[E], **details: Any) -> None:
+        self._on_event(event(key=self.key, model=self.spec.model, ts=time.time(), **details))
 
     def _cancel_life(self) -> None:
         self._stop_requested = True
@@ -201,11 +228,11 @@ class Sidecar:
                 try:
                     process = await life.start(self._process)
                 except OSError as error:
-                    self.failure = SpawnError(f"cannot start {self.spec.binary.path}: {error}")
+                    self._failure = SpawnError(f"cannot start {self.spec.binary.path}: {error}")
                     return False
                 self.pid = process.pid
                 log.info("%s started pid %d: %s", self.label, process.pid, " ".join(self.argv))
-                self._on_event(self, "starting", {"pid": process.pid, "port": port, "argv": self.argv})
+                self._emit(Starting, pid=process.pid, port=port, argv=tuple(self.argv))
                 assert process.stdout is not None and process.stderr is not None
                 pipes.start_soon(logtail.pump_lines, process.stderr, self._on_stderr_line)
                 pipes.start_soon(logtail.drain, process.stdout)
@@ -214,7 +241,7 @@ class Sidecar:
                 with trio.move_on_after(timeout) as loading:
                     await self._wait_until_ready()
                 if loading.cancelled_caught:
-                    self.failure = SpawnError(
+                    self._failure = SpawnError(
                         f"llama-server did not become ready within {timeout:g} s "
                         f"(llama_server.health_timeout_s); it was killed",
                         self.stderr.tail(ERROR_TAIL_LINES),
@@ -223,21 +250,20 @@ class Sidecar:
                     await self._serve_until_unhealthy(task_status)
                 life.cancel_scope.cancel()
             if process is None:  # stopped before the process had even started
-                self.failure = SpawnError(f"llama-server was stopped before it started ({self.stop_detail})")
                 return False
             # The direct child has exited; now no one in its group may survive.
             procgroup.kill_group(process.pid)
             pipes.cancel_scope.deadline = trio.current_time() + PIPE_EOF_GRACE_S
         assert process.returncode is not None
-        self.exit_code = process.returncode
+        self._exit_code = process.returncode
         if self.ready_at is not None:
             self._log_exit(process.returncode)
-        if self.ready_at is not None or self.failure is not None:
+        if self.ready_at is not None or self._failure is not None or self._stop_requested:
             return False
-        if self._port_taken and not self._stop_requested:
+        if self._port_taken:
             log.warning("%s port %d was taken; retrying on another port", self.label, port)
             return True
-        self.failure = self._exit_while_loading(process.returncode)
+        self._failure = self._exit_while_loading(process.returncode)
         return False
 
     async def _read_slots(self) -> int:
@@ -250,21 +276,18 @@ class Sidecar:
     async def _serve_until_unhealthy(self, task_status: trio.TaskStatus[None]) -> None:
         """Mark the child ready, tell whoever started us, then watch its health."""
         self.slots = await self._read_slots()
-        if self.state is State.STARTING:
-            self.state = State.READY
+        if self._state is State.STARTING:  # else it was taken out of service meanwhile
+            self._move(State.READY)
         self.ready_at = time.time()
-        self.last_used = trio.current_time()
         log.info("%s ready in %.3f s", self.label, self.ready_at - self.started_at)
         self._settled.set()
-        self._on_event(self, "ready", {"load_s": round(self.ready_at - self.started_at, 3)})
+        self._emit(Ready, load_s=round(self.ready_at - self.started_at, 3))
         task_status.started()
         await self._monitor_health()
-        self.state = State.UNHEALTHY
-        self.stop_reason = StopReason.UNHEALTHY
-        self.stop_detail = f"/health failed {policy.HEALTH_FAILURE_LIMIT} times in a row"
-        self._on_event(self, "unhealthy", {})
-        log.warning("%s unhealthy: /health failed %d times in a row; killing it",
-                    self.label, policy.HEALTH_FAILURE_LIMIT)  # fmt: skip
+        detail = f"/health failed {policy.HEALTH_FAILURE_LIMIT} times in a row"
+        if self._take_out_of_service(State.UNHEALTHY, StopReason.UNHEALTHY, detail):
+            self._emit(Unhealthy, detail=detail)
+            log.warning("%s unhealthy: %s; killing it", self.label, detail)
 
     async def _process(self, *, task_status: trio.TaskStatus[trio.Process]) -> None:
         await trio.run_process(
@@ -300,7 +323,7 @@ class Sidecar:
     def _on_stderr_line(self, text: str) -> None:
         self.stderr.append(text)
         child_log.info("%s %s", self.label, text)
-        if self.state is State.STARTING:
+        if self._state is State.STARTING:
             if _READY_HINT.search(text):
                 self._hint.set()
             if _BIND_FAILED in text:
@@ -333,8 +356,6 @@ class Sidecar:
             failures = 0 if healthy else failures + 1
 
     def _exit_while_loading(self, returncode: int) -> SpawnError:
-        if self._stop_requested:
-            return SpawnError(f"llama-server was stopped before it was ready ({self.stop_detail})")
         message = f"llama-server exited while loading ({procgroup.describe_exit(returncode)})"
         if procgroup.is_illegal_instruction(returncode):
             message += (
@@ -356,22 +377,18 @@ class Sidecar:
                     self.label, how, uptime, tail)  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
-        """The child's public state (wall-clock times, no secrets)."""
-        idle_for = trio.current_time() - self.last_used
+        """The child's public state (wall-clock times, no secrets); the pool adds its leases."""
         return {
             "key": self.key,
             "model": self.spec.model,
             "port": self.port,
             "pid": self.pid,
-            "state": self.state.value,
+            "state": self._state.value,
             "started_at": self.started_at,
             "ready_at": self.ready_at,
-            "last_used": time.time() - idle_for,
-            "in_flight": self.in_flight,
             "slots": self.slots,
-            "waiting": self.waiting,
             "restarts": self.restarts,
-            "exit_code": self.exit_code,
+            "exit_code": self._exit_code,
             "stderr_tail_lines": len(self.stderr),
             "argv": self.argv,
         }

@@ -17,6 +17,7 @@ import psutil
 import trio
 
 from orchestrator.policy import State
+from orchestrator.supervisor.events import Stats
 from orchestrator.supervisor.pool import Pool
 
 SAMPLE_INTERVAL_S = 2.0
@@ -47,7 +48,7 @@ class StatsSampler:
                 if s.pid is not None and s.state is not State.EXITED
             }
             self.latest = await trio.to_thread.run_sync(self._sample, pids)
-            self._pool.events.publish({"type": "stats", "ts": time.time(), **self.latest})
+            self._pool.publish(Stats(ts=time.time(), **self.latest))
             await trio.sleep(self._interval_s)
 
     def _sample(self, pids: Mapping[str, int]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import trio
 
 from orchestrator.discovery import LlamaServerBinary
 from orchestrator.runtime import Daemon
+from orchestrator.supervisor.events import Published, RequestStarted
 from tests.conftest import make_config, running_daemon, wait_until
 from tests.evals.test_report import assert_valid_html
 
@@ -34,8 +35,8 @@ class RequestCounter:
         assert daemon.pool is not None
         with daemon.pool.events.subscribe() as events:
             task_status.started()
-            async for event in events:
-                if isinstance(event, dict) and event.get("type") == "request" and event["phase"] == "started":
+            async for item in events:
+                if isinstance(item, Published) and isinstance(item.event, RequestStarted):
                     self.started += 1
 
 

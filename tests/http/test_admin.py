@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
@@ -20,7 +22,11 @@ from trio_websocket import (
 )
 
 from orchestrator.discovery import LlamaServerBinary
+from orchestrator.errors import AmbiguousSidecarError, SidecarNotFoundError
+from orchestrator.http.admin import PoolView
+from orchestrator.supervisor.stats import StatsSampler
 from tests.conftest import make_config, pid_alive, poll_until, running_daemon, wait_until
+from tests.fakes.sidecar_double import DoubleFactory, double_routes, pool_of_doubles
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
@@ -191,8 +197,8 @@ async def test_events_feed_tells_the_life_of_a_sidecar(config: Any, fake_binary:
         key = events[0]["key"]
         assert (await client.delete(f"{url}/api/sidecars/{key}")).status_code == 200
         ending = [e for e in await receive_until(ws, lambda e: e["type"] == "exited") if e["type"] != "stats"]
-        assert [(e["type"], e.get("reason")) for e in ending] == [("evicted", "manual"), ("exited", None)]
-        assert ending[-1]["code"] == 0
+        assert [(e["type"], e.get("reason")) for e in ending] == [("evicted", "manual"), ("exited", "manual")]
+        assert ending[-1]["code"] == 0 and ending[-1]["outcome"] == "stopped"
 
 
 async def test_restart_load_and_stats(config: Any, fake_binary: LlamaServerBinary) -> None:
@@ -234,3 +240,27 @@ async def test_dashboard_files_are_served(config: Any, fake_binary: LlamaServerB
         assert script.status_code == 200 and "javascript" in script.headers["content-type"]
         assert "http://" not in script.text and "https://" not in script.text  # works offline: no CDN
         assert (await client.get(f"{url}/web/../pyproject.toml")).status_code == 404
+
+
+async def test_sidecar_names_resolve_by_key_then_route_then_unique_prefix(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    routes = double_routes(
+        tmp_path, {"m": {"aliases": ["mm"]}}, agents={"coder": {"model": "m"}}, pool={"max_sidecars": 3}
+    )
+    async with pool_of_doubles(routes, DoubleFactory()) as pool:
+        view = PoolView(pool, StatsSampler(pool))
+        base = routes.resolve("m")
+        configured = await pool.preload(base)
+        twins = [await pool.preload(dataclasses.replace(base, key=key)) for key in ("abc123", "abc456")]
+        assert all(view.find(name) is configured for name in (base.key, "m", "mm", "coder", base.key[:10]))
+        assert view.find("abc1") is twins[0] and view.find("abc456") is twins[1]
+        with pytest.raises(AmbiguousSidecarError, match=r"'abc' is the start of 2 sidecar keys"):
+            view.find("abc")
+        with pytest.raises(
+            SidecarNotFoundError, match=r"no live sidecar matches 'zzz'.*running: abc123 \(m\)"
+        ):
+            view.find("zzz")
+        await pool.evict(base.key)
+        with pytest.raises(SidecarNotFoundError):
+            view.find("coder")  # a route name whose child is not running

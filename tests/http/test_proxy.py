@@ -244,7 +244,7 @@ async def test_real_client_disconnect_cancels_the_generation(
             return not any(slot["is_processing"] for slot in slots)
 
         await poll_until(child_idle, timeout_s=10)
-        assert child.in_flight == 0
+        assert daemon.pool.leases(child.key) == (0, 0)
 
 
 # -- the fake, for faults and the HTTP contract ---------------------------------------------
@@ -463,7 +463,7 @@ async def test_a_busy_child_queues_then_refuses_with_429(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(queued)
                 assert daemon.pool is not None
-                await wait_until(lambda: daemon.pool.sidecars()[0].waiting == 1)  # type: ignore[union-attr]
+                await wait_until(lambda: daemon.pool.leases(daemon.pool.sidecars()[0].key)[1] == 1)  # type: ignore[union-attr]
                 refused = await chat(client, url, "m")
                 assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
                 assert error_of(refused)["code"] == "sidecar_overloaded"
@@ -501,7 +501,7 @@ async def test_disconnect_mid_stream_releases_the_lease(
                 break  # leave after the first line
         assert daemon.pool is not None
         [child] = daemon.pool.sidecars()
-        await wait_until(lambda: child.in_flight == 0)
+        await wait_until(lambda: daemon.pool.leases(child.key) == (0, 0))  # type: ignore[union-attr]
 
 
 async def test_busy_child_is_not_killed_and_the_wait_for_room_ends_in_503(
@@ -544,7 +544,7 @@ async def test_waiting_request_gets_the_child_once_the_busy_one_is_idle(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stream_busy)
             assert daemon.pool is not None
-            await wait_until(lambda: any(s.in_flight for s in daemon.pool.sidecars()))  # type: ignore[union-attr]
+            await wait_until(lambda: any(daemon.pool.leases(s.key)[0] for s in daemon.pool.sidecars()))  # type: ignore[union-attr]
             other = await chat(client, url, "other")
             results["other"] = other.status_code
         assert results == {"busy_lines": 11, "other": 200}  # 10 tokens + [DONE], nothing cut
@@ -558,7 +558,7 @@ async def test_delete_stops_a_sidecar(
         assert (await chat(client, url, "m")).status_code == 200
         [child] = await sidecars(client, url)
         response = await client.delete(f"{url}/api/sidecars/{child['key']}")
-        assert response.status_code == 200 and response.json() == {"stopped": child["key"]}
+        assert response.status_code == 200 and response.json() == {"stopped": child["key"], "model": "m"}
         assert not pid_alive(child["pid"])
         assert await sidecars(client, url) == []
 

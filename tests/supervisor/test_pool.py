@@ -1,4 +1,11 @@
-"""The pool on the fake llama-server: leases, idle TTL, and eviction racing requests."""
+"""The pool: its policy on trio's mock clock with in-memory sidecars, then end to end on the fake.
+
+The first part runs on ``MockClock(autojump_threshold=0)`` (pytest-trio's
+``autojump_clock``): leases, spawn coalescing, fairness, LRU eviction, waiting
+for room, queues, idle TTL, crash-loop backoff, bounded history, reload and
+draining, each in milliseconds and with exact times. The second part proves
+the same contracts with real processes (the fake llama-server).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +15,309 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from orchestrator.config import Config
 from orchestrator.discovery import LlamaServerBinary
-from orchestrator.errors import BackoffError, SpawnError
+from orchestrator.errors import BackoffError, CapacityError, OverloadedError, SpawnError
 from orchestrator.policy import State, StopReason
+from orchestrator.supervisor.events import Crashed, Exited, FailedToStart, Published, Stopped
 from orchestrator.supervisor.pool import Pool
 from tests.conftest import make_config, pid_alive, routes_for, wait_until
+from tests.fakes.sidecar_double import Behaviour, DoubleFactory, double_routes, pool_of_doubles
+
+# -- on the mock clock ----------------------------------------------------------------
+
+
+async def hold(pool: Pool, name: str, seconds: float, log: list[tuple[str, float]] | None = None) -> None:
+    """Lease ``name``'s child for ``seconds``; note when the lease began."""
+    async with pool.lease(pool.routes.resolve(name)):
+        if log is not None:
+            log.append((name, trio.current_time()))
+        await trio.sleep(seconds)
+
+
+async def test_a_lease_counts_in_flight_and_marks_last_use(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    factory = DoubleFactory({"m": Behaviour(load_s=2.0)})
+    async with pool_of_doubles(double_routes(tmp_path, {"m": {}}), factory) as pool:
+        spec = pool.routes.resolve("m")
+        async with pool.lease(spec) as first, pool.lease(spec) as second:
+            assert first is second and trio.current_time() == 2.0
+            assert pool.leases(spec.key) == (2, 0)
+            await trio.sleep(5)
+        assert pool.leases(spec.key) == (0, 0)
+        assert pool.describe_one(first)["in_flight"] == 0
+        [occupant] = [t.occupant() for t in pool._live.values()]
+        assert occupant.last_used == 7.0
+
+
+async def test_concurrent_requests_for_a_cold_model_cause_one_spawn(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    factory = DoubleFactory({"m": Behaviour(load_s=3.0, slots=4)})
+    async with pool_of_doubles(double_routes(tmp_path, {"m": {}}), factory) as pool:
+        served: list[tuple[str, float]] = []
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(hold, pool, "m", 1.0, served)
+        assert len(factory.made) == 1
+        # Served once it was ready, four at a time (its slots): the others queue.
+        assert sorted(at for _name, at in served) == [3.0] * 4 + [4.0] * 4 + [5.0] * 2
+
+
+async def test_a_full_pool_stops_the_least_recently_used_idle_child(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    factory = DoubleFactory()
+    routes = double_routes(tmp_path, {"a": {}, "b": {}, "c": {}}, pool={"max_sidecars": 2})
+    async with pool_of_doubles(routes, factory) as pool:
+        await hold(pool, "a", 1)
+        await hold(pool, "b", 1)
+        await hold(pool, "a", 1)  # a is now the more recently used one
+        await hold(pool, "c", 1)
+        assert sorted(s.spec.model for s in pool.sidecars()) == ["a", "c"]
+        [b] = factory.of("b")
+        assert b.state is State.EXITED and b.outcome == Stopped(
+            StopReason.LRU, "least recently used, and the pool is full", 0, b.outcome.uptime_s
+        )
+        assert pool.evictions == 1
+
+
+async def test_a_busy_child_is_never_evicted_the_request_waits_then_gets_503(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    factory = DoubleFactory()
+    routes = double_routes(tmp_path, {"a": {}, "b": {}}, pool={"max_sidecars": 1, "capacity_wait_s": 20})
+    async with pool_of_doubles(routes, factory) as pool, trio.open_nursery() as nursery:
+        nursery.start_soon(hold, pool, "a", 100)
+        await trio.sleep(5)
+        with pytest.raises(CapacityError) as refused:
+            await hold(pool, "b", 1)
+        assert trio.current_time() == 25.0  # waited exactly capacity_wait_s
+        assert "busy or loading; waited 20 s (pool.capacity_wait_s)" in str(refused.value)
+        assert refused.value.retry_after_s == 5
+        assert [s.spec.model for s in pool.sidecars()] == ["a"] and factory.of("b") == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_waiting_request_is_served_as_soon_as_the_busy_child_is_done(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    factory = DoubleFactory({"b": Behaviour(load_s=2.0)})
+    routes = double_routes(tmp_path, {"a": {}, "b": {}}, pool={"max_sidecars": 1, "capacity_wait_s": 60})
+    async with pool_of_doubles(routes, factory) as pool:
+        served: list[tuple[str, float]] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hold, pool, "a", 10, served)  # ready at 1, busy until 11
+            await trio.sleep(2)
+            nursery.start_soon(hold, pool, "b", 1, served)
+        assert served == [("a", 1.0), ("b", 13.0)]  # a done at 11, stopped, b loaded in 2 s
+
+
+async def test_waiters_keep_the_child_they_waited_for(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A child that just became ready belongs to the requests that waited for it, not to an eviction."""
+    factory = DoubleFactory({"a": Behaviour(load_s=5.0)})
+    routes = double_routes(tmp_path, {"a": {}, "b": {}}, pool={"max_sidecars": 1})
+    async with pool_of_doubles(routes, factory) as pool:
+        served: list[tuple[str, float]] = []
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(hold, pool, "a", 1, served)
+            await trio.sleep(1)  # a is loading, its three requests wait
+            nursery.start_soon(hold, pool, "b", 1, served)
+        assert served[:3] == [("a", 5.0)] * 3 and served[3][0] == "b"
+        [a] = factory.of("a")
+        assert a.outcome is not None and a.outcome.kind == "stopped" and len(factory.made) == 2
+
+
+async def test_a_full_queue_gets_429_at_once(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    factory = DoubleFactory({"m": Behaviour(slots=1)})
+    routes = double_routes(tmp_path, {"m": {}}, pool={"max_queue": 1})
+    async with pool_of_doubles(routes, factory) as pool, trio.open_nursery() as nursery:
+        nursery.start_soon(hold, pool, "m", 50)
+        await trio.sleep(2)
+        nursery.start_soon(hold, pool, "m", 1)  # queued behind the first
+        await trio.sleep(1)
+        assert pool.leases(pool.routes.key_of("m")) == (1, 1)
+        with pytest.raises(OverloadedError, match=r"serving 1 requests \(its limit\) and 1 more are waiting"):
+            await hold(pool, "m", 1)
+        assert trio.current_time() == 3.0
+        nursery.cancel_scope.cancel()
+
+
+async def test_idle_ttl_stops_an_idle_child_on_time_but_never_a_busy_one(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    factory = DoubleFactory()
+    routes = double_routes(tmp_path, {"m": {}, "forever": {"ttl_s": 0}}, pool={"idle_ttl_s": 10})
+    async with pool_of_doubles(routes, factory) as pool:
+        await hold(pool, "forever", 1)
+        await hold(pool, "m", 35)  # three TTLs, busy all along
+        [m] = factory.of("m")
+        assert m.state is State.READY
+        released = trio.current_time()
+        await m.wait_exited()
+        assert trio.current_time() - released == 10.0
+        assert m.stop_reason is StopReason.TTL and pool.evictions == 1
+        await trio.sleep(1000)
+        assert [s.spec.model for s in pool.sidecars()] == ["forever"]  # a TTL of 0 means never
+
+
+async def test_a_crash_looping_model_backs_off_and_is_tried_again_when_the_backoff_ends(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    factory = DoubleFactory({"m": Behaviour(fails_after_s=0.5)})
+    async with pool_of_doubles(double_routes(tmp_path, {"m": {}}), factory) as pool:
+        spec = pool.routes.resolve("m")
+        for _ in range(3):  # the first failures are tried again at once
+            with pytest.raises(SpawnError) as failed:
+                await pool.preload(spec)
+            assert not isinstance(failed.value, BackoffError)
+        with pytest.raises(BackoffError) as backing_off:
+            await pool.preload(spec)
+        assert "keeps failing (3 times in the last 60 s); not restarting it for 1.0 s more" in str(
+            backing_off.value
+        )
+        assert "double: failed to load model" in backing_off.value.stderr_tail
+        assert backing_off.value.retry_after_s == 1 and len(factory.made) == 3  # nothing was spawned
+        [entry] = pool.backoffs()
+        assert entry["failures"] == 3 and entry["retry_in_s"] == 1.0
+        await trio.sleep(1)  # the backoff ends: one more try, which fails and doubles it
+        with pytest.raises(SpawnError):
+            await pool.preload(spec)
+        assert len(factory.made) == 4
+        with pytest.raises(BackoffError) as longer:
+            await pool.preload(spec)
+        assert longer.value.retry_after_s == 2
+        await trio.sleep(61)  # quiet for longer than the window: a clean slate
+        assert pool.backoffs() == []
+        factory.behaviours["m"] = Behaviour()
+        assert (await pool.preload(spec)).state is State.READY
+
+
+async def test_the_crash_loop_rule_is_configurable(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    factory = DoubleFactory({"m": Behaviour(fails_after_s=0.5)})
+    crash_loop = {"failures": 1, "window_s": 10, "max_backoff_s": 4}
+    routes = double_routes(tmp_path, {"m": {}}, pool={"crash_loop": crash_loop})
+    async with pool_of_doubles(routes, factory) as pool:
+        spec = pool.routes.resolve("m")
+        retry_after = []
+        for _ in range(4):
+            with pytest.raises(SpawnError):
+                await pool.preload(spec)
+            with pytest.raises(BackoffError) as backing_off:
+                await pool.preload(spec)
+            retry_after.append(backing_off.value.retry_after_s)
+            await trio.sleep(backing_off.value.retry_after_s)
+        assert retry_after == [1, 2, 4, 4]  # from the first failure, doubling, capped at max_backoff_s
+
+
+async def test_a_child_that_crashes_after_it_was_ready_is_replaced_and_counted(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    factory = DoubleFactory()
+    async with pool_of_doubles(double_routes(tmp_path, {"m": {}}), factory) as pool:
+        first = await pool.preload(pool.routes.resolve("m"))
+        [double] = factory.made
+        double.crash()
+        await double.wait_exited()
+        assert isinstance(double.outcome, Crashed) and pool.sidecars() == []
+        second = await pool.preload(pool.routes.resolve("m"))
+        assert second is not first and second.restarts == 1
+        assert pool._crashes.backoff(second.key, trio.current_time()) is None  # one crash: no backoff
+        assert second.key in pool._crashes
+
+
+async def test_history_of_keys_brought_by_requests_is_forgotten(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    factory = DoubleFactory({"m": Behaviour(fails_after_s=0.1)})
+    routes = double_routes(tmp_path, {"m": {"allow_request_flags": True}})
+    async with pool_of_doubles(routes, factory) as pool:
+        for size in range(512, 512 + 50):
+            with pytest.raises(SpawnError):
+                await pool.preload(pool.routes.resolve("m", ["--ctx-size", str(size)]))
+        assert len(pool._spawns) == 50 and len(pool._crashes) == 50
+        await trio.sleep(61)
+        with pytest.raises(SpawnError):
+            await pool.preload(pool.routes.resolve("m"))
+        assert list(pool._spawns) == [pool.routes.key_of("m")]  # the configured key is remembered
+        assert len(pool._crashes) == 1
+
+
+async def test_evicting_a_loading_child_is_not_a_crash_and_its_waiter_gets_a_fresh_one(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    factory = DoubleFactory({"m": Behaviour(load_s=5)})
+    async with pool_of_doubles(double_routes(tmp_path, {"m": {}}), factory) as pool:
+        spec = pool.routes.resolve("m")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.preload, spec)
+            await trio.sleep(1)
+            assert await pool.evict(spec.key)
+        first, fresh = factory.made
+        assert isinstance(first.outcome, Stopped) and first.outcome.reason is StopReason.MANUAL
+        assert fresh.state is State.READY and fresh.restarts == 1
+        assert pool.backoffs() == [] and spec.key not in pool._crashes
+
+
+async def test_a_stop_drains_in_flight_requests_but_only_for_drain_timeout_s(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    factory = DoubleFactory()
+    routes = double_routes(tmp_path, {"short": {}, "long": {}}, pool={"drain_timeout_s": 30})
+    async with pool_of_doubles(routes, factory) as pool, trio.open_nursery() as nursery:
+        nursery.start_soon(hold, pool, "short", 10)
+        nursery.start_soon(hold, pool, "long", 100)
+        await trio.sleep(2)
+        began = trio.current_time()
+        async with trio.open_nursery() as stops:
+            for name in ("short", "long"):
+                stops.start_soon(pool.evict, pool.routes.key_of(name))
+            await factory.of("short")[0].wait_exited()
+            assert trio.current_time() - began == 9.0  # its request finished
+        assert trio.current_time() - began == 30.0  # the long one was cut at drain_timeout_s
+        nursery.cancel_scope.cancel()
+
+
+async def test_reload_keeps_unchanged_children_and_drains_the_rest(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    factory = DoubleFactory()
+    routes = double_routes(tmp_path, {"a": {}, "b": {}})
+    async with pool_of_doubles(routes, factory) as pool, trio.open_nursery() as nursery:
+        await hold(pool, "a", 1)
+        nursery.start_soon(hold, pool, "b", 20)
+        await trio.sleep(2)
+        kept, stopping = pool.apply(double_routes(tmp_path, {"a": {}}))  # b is gone from the config
+        assert kept == [routes.key_of("a")] and stopping == [routes.key_of("b")]
+        [b] = factory.of("b")
+        assert b.state is State.STOPPING
+        await b.wait_exited()
+        assert trio.current_time() == 23.0  # after its request (loaded at 3, held 20 s), not before
+        assert b.stop_reason is StopReason.RELOAD and factory.of("a")[0].state is State.READY
+
+
+async def test_events_tell_a_sidecars_life_in_order(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    factory = DoubleFactory()
+    async with pool_of_doubles(double_routes(tmp_path, {"m": {}}), factory) as pool:
+        with pool.events.subscribe() as feed:
+            await hold(pool, "m", 1)
+            await pool.evict(pool.routes.key_of("m"))
+            pool.close_feeds()
+            kinds = [item.event.kind async for item in feed if isinstance(item, Published)]
+        assert kinds == ["spawn", "starting", "ready", "request", "request", "evicted", "exited"]
+
+
+# -- end to end, on the fake llama-server ---------------------------------------------------
 
 
 @asynccontextmanager
@@ -26,34 +329,14 @@ async def running_pool(config: Config, binary: LlamaServerBinary) -> AsyncIterat
         nursery.cancel_scope.cancel()
 
 
-async def test_lease_counts_in_flight_and_marks_last_use(
+async def test_real_idle_ttl_stops_the_process(
     tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
 ) -> None:
-    config = make_config(tmp_path, {"m": {"path": fake_model()}})
+    config = make_config(tmp_path, {"m": {"path": fake_model()}}, pool={"idle_ttl_s": 0.2})
     async with running_pool(config, fake_binary) as pool:
-        spec = pool.routes.resolve("m")
-        async with pool.lease(spec) as first, pool.lease(spec) as second:
-            assert first is second
-            assert first.in_flight == 2
-            used = first.last_used
-        assert first.in_flight == 0
-        assert first.last_used >= used
-
-
-async def test_idle_ttl_stops_idle_children_but_never_a_busy_one(
-    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
-) -> None:
-    config = make_config(tmp_path, {"m": {"path": fake_model()}}, pool={"idle_ttl_s": 0.3})
-    async with running_pool(config, fake_binary) as pool:
-        spec = pool.routes.resolve("m")
-        async with pool.lease(spec) as sidecar:
-            held_since = trio.current_time()
-            await wait_until(lambda: trio.current_time() - held_since > 0.9)  # three TTLs, busy all along
-            assert sidecar.state is State.READY
-        released = trio.current_time()
+        sidecar = await pool.preload(pool.routes.resolve("m"))
         await sidecar.wait_exited()
-        assert trio.current_time() - released >= 0.3
-        assert sidecar.stop_reason is StopReason.TTL and "idle" in sidecar.stop_detail
+        assert sidecar.outcome is not None and sidecar.outcome.kind == "stopped"
         assert pool.sidecars() == [] and pool.evictions == 1
         assert sidecar.pid is not None and not pid_alive(sidecar.pid)
 
@@ -87,41 +370,23 @@ async def test_request_racing_the_eviction_of_its_child_waits_for_a_fresh_one(
         assert spec_b.key not in [s.key for s in pool.sidecars()]
 
 
-async def test_a_crash_looping_model_backs_off_and_fails_fast_with_its_stderr(
+async def test_real_crash_loop_fails_fast_with_the_childs_stderr(
     tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
 ) -> None:
     config = make_config(tmp_path, {"m": {"path": fake_model(exit_during_load=9)}})
     async with running_pool(config, fake_binary) as pool:
         spec = pool.routes.resolve("m")
-        for _ in range(3):  # the first failures are tried again at once
-            with pytest.raises(SpawnError) as failed:
+        outcomes = []
+        with pool.events.subscribe() as feed:
+            for _ in range(3):
+                with pytest.raises(SpawnError):
+                    await pool.preload(spec)
+            with pytest.raises(BackoffError) as backing_off:
                 await pool.preload(spec)
-            assert not isinstance(failed.value, BackoffError)
-        began = trio.current_time()
-        with pytest.raises(BackoffError) as backing_off:
-            await pool.preload(spec)
-        assert trio.current_time() - began < 0.1  # fast: nothing was spawned
-        assert "keeps failing (3 times" in str(backing_off.value)
+            pool.close_feeds()
+            outcomes = [item.event.outcome async for item in feed if isinstance(item, Published)
+                        and isinstance(item.event, Exited)]  # fmt: skip
         assert "exit code 9" in str(backing_off.value)
         assert "fake: failed to load model" in backing_off.value.stderr_tail
-        assert backing_off.value.retry_after_s >= 1
-        assert pool._spawns[spec.key] == 3  # no more attempts than the rule allows
-        [entry] = pool.backoffs()
-        assert entry["key"] == spec.key and entry["failures"] == 3
-
-
-async def test_evicting_a_loading_child_hands_its_waiter_a_fresh_one_and_is_not_a_crash(
-    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
-) -> None:
-    config = make_config(tmp_path, {"m": {"path": fake_model(load_s=0.5)}})
-    async with running_pool(config, fake_binary) as pool:
-        spec = pool.routes.resolve("m")
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pool.preload, spec)
-            await wait_until(lambda: (s := pool.get(spec.key)) is not None and s.pid is not None)
-            loading = pool.get(spec.key)
-            assert loading is not None and loading.state is State.STARTING
-            assert await pool.evict(spec.key)
-        [fresh] = pool.sidecars()
-        assert fresh is not loading and fresh.state is State.READY and fresh.restarts == 1
-        assert pool.backoffs() == [] and pool._failures == {}
+        assert len(outcomes) == 3 and all(isinstance(o, FailedToStart) for o in outcomes)
+        assert all(o.exit_code == 9 for o in outcomes)

@@ -14,6 +14,7 @@ from orchestrator.discovery import LlamaServerBinary
 from orchestrator.errors import SpawnError
 from orchestrator.policy import State, StopReason
 from orchestrator.procgroup import child_environment
+from orchestrator.supervisor.events import Stopped
 from orchestrator.supervisor.sidecar import Sidecar
 from tests.conftest import free_port, make_config, pid_alive, port_taken, routes_for, wait_until
 
@@ -49,7 +50,7 @@ async def test_slow_load_is_ready_once_health_says_so(
         assert trio.current_time() - started >= 1.0  # not before the load finished
         status, _body = await sidecar.upstream.get("/health", timeout_s=5)
         assert status == 200
-        await sidecar.stop(StopReason.MANUAL, "test over", drain_timeout_s=1)
+        await sidecar.stop(StopReason.MANUAL, "test over")
     assert sidecar.describe()["state"] == "exited"
     assert sidecar.exit_code == 0  # SIGTERM was honoured: a graceful exit
 
@@ -89,13 +90,14 @@ async def test_health_that_starts_failing_makes_it_unhealthy_and_killed(
     async with trio.open_nursery() as nursery:
         sidecar = sidecar_for(config, fake_binary, [free_port()])
         await nursery.start(sidecar.run)
-        sidecar._on_event = lambda _sidecar, kind, _details: events.append(kind)
+        sidecar._on_event = lambda event: events.append(event.kind)
         control = await sidecar.upstream.request("POST", "/fake/control", [], b'{"health": "hang"}', 5)
         control.close()
         with trio.fail_after(10):
             await sidecar.wait_exited()
     assert events == ["unhealthy", "exited"]
     assert sidecar.stop_reason is StopReason.UNHEALTHY
+    assert isinstance(sidecar.outcome, Stopped) and sidecar.outcome.reason is StopReason.UNHEALTHY
     assert sidecar.pid is not None and not pid_alive(sidecar.pid)
 
 
@@ -110,7 +112,7 @@ async def test_ignored_sigterm_gets_sigkill_after_the_grace_period(
         await nursery.start(sidecar.run)
         began = trio.current_time()
         with trio.fail_after(10):
-            await sidecar.stop(StopReason.MANUAL, "test", drain_timeout_s=0)
+            await sidecar.stop(StopReason.MANUAL, "test")
         took = trio.current_time() - began
     assert sidecar.exit_code == -9
     assert took >= 0.5  # it was given the grace period first
@@ -127,7 +129,7 @@ async def test_grandchild_is_swept_with_the_group(
         grandchild = int(re.findall(r"\d+", line)[-1])
         assert pid_alive(grandchild)
         with trio.fail_after(10):  # the pipes closed: the grandchild no longer held stderr open
-            await sidecar.stop(StopReason.MANUAL, "test", drain_timeout_s=0)
+            await sidecar.stop(StopReason.MANUAL, "test")
     await wait_until(lambda: not pid_alive(grandchild), timeout_s=5)
 
 
@@ -147,7 +149,7 @@ async def test_stderr_flood_keeps_the_ring_buffer_bounded_and_the_loop_responsiv
         assert worst_lag < 0.5
         assert len(sidecar.stderr) == 400  # bounded: only the last TAIL_LINES are kept
         assert (await sidecar.upstream.get("/health", timeout_s=5))[0] == 200
-        await sidecar.stop(StopReason.MANUAL, "test", drain_timeout_s=0)
+        await sidecar.stop(StopReason.MANUAL, "test")
 
 
 async def test_taken_port_is_retried_on_another(
@@ -161,7 +163,7 @@ async def test_taken_port_is_retried_on_another(
             await nursery.start(sidecar.run)
             assert sidecar.port == other
             assert any("couldn't bind" in line for line in sidecar.stderr.tail())
-            await sidecar.stop(StopReason.MANUAL, "test", drain_timeout_s=0)
+            await sidecar.stop(StopReason.MANUAL, "test")
 
 
 async def test_every_port_taken_is_a_spawn_error_not_a_retry_loop(
@@ -201,10 +203,15 @@ async def test_a_sidecar_stopped_before_its_process_started_never_starts_one(
     config = make_config(tmp_path, {"m": {"path": fake_model()}})
     async with trio.open_nursery() as nursery:
         sidecar = sidecar_for(config, fake_binary, [free_port()])
-        nursery.start_soon(sidecar.stop, StopReason.MANUAL, "evicted at once", 1.0)
-        with pytest.raises(SpawnError, match=r"stopped before it started \(evicted at once\)"):
-            await sidecar.run()
+        nursery.start_soon(sidecar.stop, StopReason.MANUAL, "evicted at once")
+        await sidecar.run()  # returns: a stop on purpose is not a failure
     assert sidecar.pid is None and sidecar.state is State.EXITED
+    assert isinstance(sidecar.outcome, Stopped)
+    assert (sidecar.outcome.reason, sidecar.outcome.detail, sidecar.outcome.exit_code) == (
+        StopReason.MANUAL,
+        "evicted at once",
+        None,
+    )
 
 
 async def test_stopping_closes_our_connections_before_sigterm_so_the_child_need_not_wait_for_them(
@@ -217,7 +224,7 @@ async def test_stopping_closes_our_connections_before_sigterm_so_the_child_need_
         await nursery.start(sidecar.run)
         for _ in range(2):  # read to the end: the connection stays open for the next request
             assert (await sidecar.upstream.get("/health", timeout_s=5))[0] == 200
-        await sidecar.stop(StopReason.MANUAL, "test over", drain_timeout_s=1)
+        await sidecar.stop(StopReason.MANUAL, "test over")
     tail = sidecar.stderr.tail(20)
     assert any("fake: SIGTERM, shutting down" in line for line in tail), tail
     assert not any("still open" in line for line in tail), tail

@@ -1,0 +1,225 @@
+"""What happens in the pool, as frozen values: one class per kind of event, and a child's outcome.
+
+A sidecar reports its life (``Starting``, ``Ready``, ``Unhealthy``, ``Exited``)
+to the pool; the pool adds its own (``Spawned``, ``RequestStarted``,
+``RequestFinished``, ``Evicted``) and the stats sampler ``Stats``. The pool acts
+on them, the websocket feed sends them (``to_json``), and metrics count them.
+
+A child's life ends in exactly one ``Outcome``: ``Stopped`` on purpose (with
+the reason), ``Crashed`` after it had been ready, or ``FailedToStart``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from orchestrator.errors import SpawnError
+from orchestrator.policy import StopReason
+from orchestrator.procgroup import describe_exit
+
+# -- outcomes --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """Taken out of service on purpose (evicted, restarted, reloaded, shut down, found unhealthy)."""
+
+    kind: ClassVar[str] = "stopped"
+    reason: StopReason
+    detail: str
+    exit_code: int | None
+    uptime_s: float
+
+    def failure(self) -> SpawnError | None:
+        return None  # not a failure: no crash-loop backoff
+
+
+@dataclass(frozen=True)
+class Crashed:
+    """Exited on its own after it had been ready."""
+
+    kind: ClassVar[str] = "crashed"
+    exit_code: int
+    stderr_tail: tuple[str, ...]
+    uptime_s: float
+
+    def failure(self) -> SpawnError:
+        return SpawnError(
+            f"llama-server exited unexpectedly ({describe_exit(self.exit_code)})", self.stderr_tail
+        )
+
+
+@dataclass(frozen=True)
+class FailedToStart:
+    """Never became ready: it exited while loading, timed out, or could not be run or bound."""
+
+    kind: ClassVar[str] = "failed_to_start"
+    error: SpawnError
+    exit_code: int | None
+    uptime_s: float
+
+    def failure(self) -> SpawnError:
+        return self.error
+
+
+Outcome = Stopped | Crashed | FailedToStart
+
+
+def outcome_json(outcome: Outcome) -> dict[str, Any]:
+    """How a child ended, for the feeds: code, uptime, outcome, and the reason or the error."""
+    document: dict[str, Any] = {
+        "code": outcome.exit_code,
+        "uptime_s": round(outcome.uptime_s, 3),
+        "outcome": outcome.kind,
+    }
+    if isinstance(outcome, Stopped):
+        document |= {"reason": outcome.reason.value, "detail": outcome.detail}
+    elif (failure := outcome.failure()) is not None:
+        document["error"] = failure.reason
+    return document
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SidecarEvent:
+    """Something that happened to the sidecar ``key`` at wall-clock time ``ts``."""
+
+    kind: ClassVar[str]
+    key: str
+    model: str
+    ts: float
+
+    def details(self) -> dict[str, Any]:
+        """The event's own fields, as JSON values."""
+        return {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name not in ("key", "model", "ts")
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.kind, "key": self.key, "model": self.model, "ts": self.ts, **self.details()}
+
+
+@dataclass(frozen=True)
+class Spawned(SidecarEvent):
+    """The pool created a sidecar for the key (``restarts``: how many it had before)."""
+
+    kind: ClassVar[str] = "spawn"
+    restarts: int
+
+
+@dataclass(frozen=True)
+class Starting(SidecarEvent):
+    """Its llama-server process started."""
+
+    kind: ClassVar[str] = "starting"
+    pid: int
+    port: int
+    argv: tuple[str, ...]
+
+    def details(self) -> dict[str, Any]:
+        return {"pid": self.pid, "port": self.port, "argv": list(self.argv)}
+
+
+@dataclass(frozen=True)
+class Ready(SidecarEvent):
+    """It answers requests; ``load_s`` after its start."""
+
+    kind: ClassVar[str] = "ready"
+    load_s: float
+
+
+@dataclass(frozen=True)
+class Unhealthy(SidecarEvent):
+    """It stopped answering /health; it is being killed."""
+
+    kind: ClassVar[str] = "unhealthy"
+    detail: str
+
+
+@dataclass(frozen=True)
+class Exited(SidecarEvent):
+    """Its process is gone, with nothing left of its group; the sidecar's last event."""
+
+    kind: ClassVar[str] = "exited"
+    outcome: Outcome
+
+    def details(self) -> dict[str, Any]:
+        return outcome_json(self.outcome)
+
+
+@dataclass(frozen=True)
+class RequestStarted(SidecarEvent):
+    """A request leased it; ``in_flight`` counts this one."""
+
+    kind: ClassVar[str] = "request"
+    in_flight: int
+
+    def details(self) -> dict[str, Any]:
+        return {"phase": "started", "in_flight": self.in_flight}
+
+
+@dataclass(frozen=True)
+class RequestFinished(SidecarEvent):
+    """A request's lease ended; ``in_flight`` no longer counts it."""
+
+    kind: ClassVar[str] = "request"
+    in_flight: int
+
+    def details(self) -> dict[str, Any]:
+        return {"phase": "finished", "in_flight": self.in_flight}
+
+
+@dataclass(frozen=True)
+class Evicted(SidecarEvent):
+    """The pool (or someone through it) took it out of service."""
+
+    kind: ClassVar[str] = "evicted"
+    reason: StopReason
+    detail: str
+
+    def details(self) -> dict[str, Any]:
+        return {"reason": self.reason.value, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A usage sample of the daemon and each sidecar's process tree (see stats)."""
+
+    kind: ClassVar[str] = "stats"
+    ts: float
+    daemon: Mapping[str, Any] | None
+    sidecars: Mapping[str, Mapping[str, Any]]
+    total_rss_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "ts": self.ts,
+            "daemon": self.daemon,
+            "sidecars": self.sidecars,
+            "total_rss_bytes": self.total_rss_bytes,
+        }
+
+
+PoolEvent = SidecarEvent | Stats
+
+
+@dataclass(frozen=True)
+class Published:
+    """An event as the feeds get it: with the sidecar's description at that moment."""
+
+    event: PoolEvent
+    sidecar: Mapping[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        document = self.event.to_json()
+        if self.sidecar is not None:
+            document["sidecar"] = self.sidecar
+        return document
