@@ -43,30 +43,25 @@ def build_routes(config: Config) -> RouteTable:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = load_cli_config(args.config)
-    server = dataclasses.replace(
-        config.server,
-        host=args.host or config.server.host,
-        port=config.server.port if args.port is None else args.port,
-    )
+    first = load_cli_config(args.config)
+    # --host and --port apply to the first configuration and stay: a reload does not move the socket.
+    host = args.host or first.server.host
+    port = first.server.port if args.port is None else args.port
 
-    def load_routes() -> RouteTable:
-        fresh = load_cli_config(args.config) if args.config else config
-        return build_routes(
-            dataclasses.replace(
-                fresh, server=dataclasses.replace(fresh.server, host=server.host, port=server.port)
-            )
-        )
+    def routes_of(config: Config) -> RouteTable:
+        server = dataclasses.replace(config.server, host=host, port=port)
+        return build_routes(dataclasses.replace(config, server=server))
 
-    routes = load_routes()
+    def reload_routes() -> RouteTable:
+        return routes_of(load_cli_config(args.config))
+
+    routes = routes_of(first)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)-7s %(message)s",
         stream=sys.stderr,
     )
-    # httpx logs every request to a child (and every health check) at INFO: noise, and CPU per request.
-    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    daemon = Daemon(routes, load_routes if args.config else None, insecure=args.insecure)
+    daemon = Daemon(routes, reload_routes if args.config else None, insecure=args.insecure)
     run_trio(partial(daemon.serve_until_signal, until_stdin_closes=args.until_stdin_closes))
     return 0
 

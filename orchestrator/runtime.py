@@ -28,6 +28,9 @@ from orchestrator.supervisor.stats import StatsSampler
 from orchestrator.supervisor.watchdog import Watchdog, own_state_file
 
 log = logging.getLogger("orchestrator")
+# hypercorn's own messages: its errors, through our handlers, without its INFO "Running on ...".
+_server_log = logging.getLogger("orchestrator.http.server")
+_server_log.setLevel(logging.WARNING)
 
 
 def bind_address(host: str, port: int) -> str:
@@ -56,6 +59,7 @@ class Daemon:
         self._load_routes = load_routes
         self.pool: Pool | None = None
         self._shutdown = trio.Event()
+        self._reloading = trio.Lock()  # SIGHUP and POST /api/reload take turns
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
@@ -74,6 +78,7 @@ class Daemon:
             server_config.bind = [bind_address(self.config.server.host, self.config.server.port)]
             server_config.graceful_timeout = self.config.server.shutdown_grace_s
             server_config.accesslog = None
+            server_config.errorlog = _server_log  # our format; its "Running on" line repeats ours
             app = create_app(pool, stats, self.reload)
             async with trio.open_nursery() as server:
                 try:
@@ -93,7 +98,14 @@ class Daemon:
             nursery.cancel_scope.cancel()
 
     async def reload(self) -> dict[str, Any]:
-        """Re-read the configuration and apply it; ConfigError (old config kept) if it is invalid."""
+        """Re-read the configuration and apply it; ConfigError (old config kept) if it is invalid.
+
+        Reloads are serialised: one that comes while another runs waits for it.
+        """
+        async with self._reloading:
+            return await self._reload()
+
+    async def _reload(self) -> dict[str, Any]:
         if self._load_routes is None:
             raise ConfigError(["this daemon was started without a config file: there is nothing to reload"])
         assert self.pool is not None

@@ -6,7 +6,10 @@ import json
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -194,3 +197,65 @@ async def test_a_reload_that_drops_the_keys_of_a_network_daemon_is_refused(
         assert (await client.get(f"{url}/api/sidecars")).status_code == 401  # the old keys still rule
         assert (await client.get(f"{url}/api/sidecars", headers=admin)).status_code == 200
         daemon.request_shutdown()
+
+
+async def test_concurrent_reloads_take_turns(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[server]\nport = 0\n[models.m]\npath = "{fake_model()}"\n')
+    loading = threading.Lock()
+    overlaps: list[bool] = []
+
+    def load() -> RouteTable:
+        overlapped = not loading.acquire(blocking=False)
+        overlaps.append(overlapped)
+        try:
+            time.sleep(0.2)  # a slow read: a second reload arrives meanwhile
+            return routes_for(load_config(path), fake_binary)
+        finally:
+            if not overlapped:
+                loading.release()
+
+    daemon = Daemon(load(), load)
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=30) as client:
+        url = await nursery.start(daemon.run)
+        answers: list[int] = []
+
+        async def reload() -> None:
+            answers.append((await client.post(f"{url}/api/reload")).status_code)
+
+        async with trio.open_nursery() as reloads:
+            reloads.start_soon(reload)
+            reloads.start_soon(reload)
+            reloads.start_soon(daemon.reload)  # as SIGHUP does
+        assert answers == [200, 200]
+        assert overlaps == [False] * 4  # the first load, then three reloads, one at a time
+        daemon.request_shutdown()
+
+
+async def test_serve_reads_its_config_once_and_says_where_it_listens_once(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    port = free_port()
+    (tmp_path / "swap.yaml").write_text(
+        f"models:\n  m:\n    cmd: {fake_binary.path} --port ${{PORT}} --model {fake_model()}\n"
+        "groups:\n  g:\n    members: [m]\n"
+    )
+    command = [sys.executable, "-m", "orchestrator", "serve", "--config", str(tmp_path / "swap.yaml")]
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(
+            partial(trio.run_process, [*command, "--port", str(port)], stderr=subprocess.PIPE, check=False)
+        )
+        assert process.stderr is not None
+        seen = b""
+        with trio.fail_after(30):
+            while b"serving on" not in seen:
+                seen += await process.stderr.receive_some(65536)
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            while chunk := await process.stderr.receive_some(65536):
+                seen += chunk
+    text = seen.decode()
+    assert text.count("groups: not mapped") == 1, text
+    assert text.count(f"serving on http://127.0.0.1:{port}") == 1 and "Running on" not in text, text
