@@ -25,12 +25,12 @@ from orchestrator import llamaswap
 from orchestrator.bench.cli import add_bench_parser
 from orchestrator.clisupport import load_cli_config, run_trio
 from orchestrator.config import Config, load_config
-from orchestrator.discovery import LlamaServerBinary, find_llama_server, resolve_binaries
+from orchestrator.discovery import find_llama_server, resolve_binaries
 from orchestrator.errors import CommandError, ConfigError, FlagError, OrchestratorError, UpstreamError
 from orchestrator.evals.cli import add_eval_parser
 from orchestrator.flaghelp import load_flag_table
 from orchestrator.flags import FlagTable
-from orchestrator.routing import RouteTable
+from orchestrator.routing import LlamaServerBinary, RouteTable
 from orchestrator.runtime import Daemon
 from orchestrator.supervisor.pool import Pool
 

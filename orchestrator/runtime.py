@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import hypercorn.config
@@ -22,6 +21,7 @@ import trio
 from orchestrator.auth import AccessRules, exposure_problem
 from orchestrator.errors import ConfigError, ListenError, leaf_exceptions
 from orchestrator.http.app import create_app
+from orchestrator.http.connections import sever_connections
 from orchestrator.routing import RouteTable
 from orchestrator.supervisor.pool import Pool
 from orchestrator.supervisor.stats import StatsSampler
@@ -31,6 +31,8 @@ log = logging.getLogger("orchestrator")
 # hypercorn's own messages: its errors, through our handlers, without its INFO "Running on ...".
 _server_log = logging.getLogger("orchestrator.http.server")
 _server_log.setLevel(logging.WARNING)
+CUT_AFTER_GRACE_S = 1.0  # hypercorn cancels its handlers at the grace; what is still stuck after this is cut
+CUT_CHECK_S = 0.25
 
 
 def bind_address(host: str, port: int) -> str:
@@ -60,6 +62,7 @@ class Daemon:
         self.pool: Pool | None = None
         self._shutdown = trio.Event()
         self._reloading = trio.Lock()  # SIGHUP and POST /api/reload take turns
+        self._stopping_at_once = False  # a second signal came
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
@@ -81,21 +84,51 @@ class Daemon:
             server_config.errorlog = _server_log  # our format; its "Running on" line repeats ours
             app = create_app(pool, stats, self.reload)
             async with trio.open_nursery() as server:
+                served = trio.Event()
                 try:
-                    binds = await server.start(
-                        partial(
-                            hypercorn.trio.serve, app, server_config, shutdown_trigger=self._shutdown.wait
-                        )
-                    )
+                    binds = await server.start(self._serve_http, app, server_config, served)
                 except* OSError as group:  # hypercorn binds inside its own nurseries
                     reason = "; ".join(str(getattr(e, "strerror", e)) for e in leaf_exceptions(group))
                     raise ListenError(f"cannot listen on {server_config.bind[0]}: {reason}") from group
                 binaries = sorted({f"{r.binary.path} ({r.binary.origin})" for r in self.routes.routes()})
                 log.info("serving on %s with llama-server %s", binds[0], ", ".join(binaries))
+                server.start_soon(self._cut_stuck_connections, int(binds[0].rsplit(":", 1)[1]), served)
                 task_status.started(binds[0])
             # hypercorn has returned: nothing new is accepted and in-flight requests are done.
             await pool.stop_all()
             nursery.cancel_scope.cancel()
+
+    async def _serve_http(
+        self,
+        app: Any,
+        server_config: hypercorn.config.Config,
+        served: trio.Event,
+        *,
+        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            await hypercorn.trio.serve(
+                app, server_config, shutdown_trigger=self._shutdown.wait, task_status=task_status
+            )
+        finally:
+            served.set()
+
+    async def _cut_stuck_connections(self, port: int, served: trio.Event) -> None:
+        """Once shutdown has had its grace (or a second signal came), cut what still holds it up.
+
+        Shielded: a second signal cancels everything, and a connection stuck in
+        hypercorn's shielded write would then hold the process forever.
+        """
+        with trio.CancelScope(shield=True):
+            await self._shutdown.wait()
+            cut_at = trio.current_time() + self.config.server.shutdown_grace_s + CUT_AFTER_GRACE_S
+            while not served.is_set():
+                with trio.move_on_after(CUT_CHECK_S):
+                    await served.wait()
+                if served.is_set() or not (self._stopping_at_once or trio.current_time() >= cut_at):
+                    continue
+                if severed := sever_connections(port):
+                    log.warning("shutdown: cut %d connection(s) whose clients stopped reading", severed)
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the configuration and apply it; ConfigError (old config kept) if it is invalid.
@@ -167,6 +200,7 @@ class Daemon:
                     continue
                 if self._shutdown.is_set():
                     log.warning("second %s: stopping at once", signal.Signals(signum).name)
+                    self._stopping_at_once = True
                     scope.cancel()
                     return
                 log.info("%s: shutting down gracefully", signal.Signals(signum).name)

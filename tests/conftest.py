@@ -17,10 +17,10 @@ import pytest
 import trio
 
 from orchestrator.config import Config, parse_config
-from orchestrator.discovery import LlamaServerBinary, find_demo_model, find_llama_server
+from orchestrator.discovery import find_demo_model, find_llama_server
 from orchestrator.errors import BinaryNotFoundError
 from orchestrator.flaghelp import CACHE_DIR_ENV, load_flag_table
-from orchestrator.routing import RouteTable
+from orchestrator.routing import LlamaServerBinary, RouteTable
 from orchestrator.runtime import Daemon
 from orchestrator.supervisor.watchdog import STATE_DIR_ENV
 

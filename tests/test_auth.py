@@ -22,8 +22,8 @@ from orchestrator.auth import (
 )
 from orchestrator.cli import main
 from orchestrator.config import load_config
-from orchestrator.discovery import LlamaServerBinary
 from orchestrator.errors import ConfigError
+from orchestrator.routing import LlamaServerBinary
 from tests.conftest import make_config, running_daemon
 
 API_KEY = "sk-api-0123456789abcdef"

@@ -27,9 +27,8 @@ import psutil
 import trio
 
 from orchestrator.config import load_config
-from orchestrator.discovery import LlamaServerBinary
 from orchestrator.policy import State
-from orchestrator.routing import RouteTable
+from orchestrator.routing import LlamaServerBinary, RouteTable
 from orchestrator.runtime import Daemon
 from orchestrator.supervisor.pool import Pool
 from tests.conftest import FAKE_SERVER, pid_alive, routes_for

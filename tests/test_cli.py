@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from orchestrator.cli import main
-from orchestrator.discovery import LlamaServerBinary
+from orchestrator.routing import LlamaServerBinary
 from tests.conftest import make_config, poll_until, running_daemon
 
 

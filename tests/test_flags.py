@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator import flags
-from orchestrator.discovery import LlamaServerBinary
 from orchestrator.errors import FlagError
 from orchestrator.flaghelp import load_flag_table
 from orchestrator.flags import Arity, Flag, FlagTable, builtin_table
+from orchestrator.routing import LlamaServerBinary
 
 BUILTIN = builtin_table()
 STRICT = FlagTable(BUILTIN.specs, authoritative=True, source="test")

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import Config
-from orchestrator.discovery import LlamaServerBinary
 from orchestrator.errors import UnknownModelError
-from orchestrator.routing import RouteTable
+from orchestrator.routing import LlamaServerBinary, RouteTable
 from tests.conftest import make_config
 
 BINARY = LlamaServerBinary("/opt/llama/llama-server", "test")

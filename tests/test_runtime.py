@@ -17,9 +17,8 @@ import pytest
 import trio
 
 from orchestrator.config import load_config
-from orchestrator.discovery import LlamaServerBinary
 from orchestrator.errors import ConfigError
-from orchestrator.routing import RouteTable
+from orchestrator.routing import LlamaServerBinary, RouteTable
 from orchestrator.runtime import Daemon, bind_address
 from tests.conftest import free_port, make_config, pid_alive, port_taken, routes_for, wait_until
 

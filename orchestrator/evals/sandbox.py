@@ -1,6 +1,6 @@
 """Running untrusted generated code: a separate ``python -I`` in a temporary directory, contained.
 
-This is not a security boundary (see FIELD-NOTES: nothing in-process is); it
+This is not a security boundary (a Python process cannot contain itself); it
 keeps a wrong or hostile program from hurting the machine by accident:
 - its own session, and the whole group is killed when it ends or times out,
   so nothing it starts outlives it;

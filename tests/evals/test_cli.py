@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from orchestrator.discovery import LlamaServerBinary
+from orchestrator.routing import LlamaServerBinary
 from orchestrator.runtime import Daemon
 from orchestrator.supervisor.events import Published, RequestStarted
 from tests.conftest import make_config, running_daemon, wait_until

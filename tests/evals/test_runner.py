@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.discovery import LlamaServerBinary
 from orchestrator.errors import EndpointError
 from orchestrator.evals.runner import Endpoint, Sampling, run_suite
 from orchestrator.evals.store import Store
 from orchestrator.evals.suites import Question, Suite, Verdict
+from orchestrator.routing import LlamaServerBinary
 from tests.conftest import free_port, make_config, running_daemon
 
 KEY = "k" * 24

@@ -23,8 +23,8 @@ llama-server it binds first, answers 503 while loading, logs "model
 loaded" and "listening on" when ready, and fails with "couldn't bind HTTP
 server socket" when the port is taken. ``POST /fake/control`` with
 ``{"health": "ok" | "error" | "hang"}`` changes what /health does from then on;
-``{"flood": N, "batch": B, "pause_s": P}`` prints N numbered 1 KB stderr lines,
-B at a time with a pause of P seconds between batches.
+``{"flood": N, "batch": B, "pause_s": P, "first": F}`` prints N 1 KB stderr lines
+numbered from F (default 0), B at a time with a pause of P seconds between batches.
 """
 
 from __future__ import annotations
@@ -101,7 +101,9 @@ class Handler(BaseHTTPRequestHandler):
             State.health = body.get("health", State.health)
             if "flood" in body:
                 threading.Thread(
-                    target=flood, args=(body["flood"], body.get("batch", 100), body.get("pause_s", 0.01))
+                    target=flood,
+                    args=(body["flood"], body.get("batch", 100), body.get("pause_s", 0.01)),
+                    kwargs={"first": body.get("first", 0)},
                 ).start()
             self.send_json(200, {"health": State.health})
             return
@@ -164,11 +166,12 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-def flood(lines: int, batch: int, pause_s: float) -> None:
-    """Print ``lines`` numbered stderr lines of 1 KB, ``batch`` at a time."""
+def flood(lines: int, batch: int, pause_s: float, first: int = 0) -> None:
+    """Print ``lines`` stderr lines of 1 KB numbered from ``first``, ``batch`` at a time."""
     padding = "x" * 1000
-    for start in range(0, lines, batch):
-        sys.stderr.write("".join(f"flood {i} {padding}\n" for i in range(start, min(start + batch, lines))))
+    for start in range(first, first + lines, batch):
+        numbers = range(start, min(start + batch, first + lines))
+        sys.stderr.write("".join(f"flood {i} {padding}\n" for i in numbers))
         sys.stderr.flush()
         time.sleep(pause_s)
 

@@ -21,11 +21,10 @@ from typing import Any
 import trio
 
 from orchestrator import policy
-from orchestrator.discovery import LlamaServerBinary
 from orchestrator.errors import SpawnError
 from orchestrator.flags import builtin_table
 from orchestrator.policy import State, StopReason
-from orchestrator.routing import RouteTable, SidecarSpec
+from orchestrator.routing import LlamaServerBinary, RouteTable, SidecarSpec
 from orchestrator.supervisor.events import (
     Crashed,
     Exited,

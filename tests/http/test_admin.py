@@ -21,9 +21,9 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from orchestrator.discovery import LlamaServerBinary
 from orchestrator.errors import AmbiguousSidecarError, SidecarNotFoundError
 from orchestrator.http.admin import PoolView
+from orchestrator.routing import LlamaServerBinary
 from orchestrator.supervisor.stats import StatsSampler
 from tests.conftest import make_config, pid_alive, poll_until, running_daemon, wait_until
 from tests.fakes.sidecar_double import DoubleFactory, double_routes, pool_of_doubles
@@ -112,7 +112,11 @@ async def test_history_can_be_skipped_and_unknown_sidecars_are_refused(
 async def test_a_slow_subscriber_is_told_what_it_lost_while_a_fast_one_gets_every_line(
     tmp_path: Path, fake_model: Callable[..., str], fake_binary: LlamaServerBinary
 ) -> None:
-    lines = 12_000  # of 1 KB, at about 4,000 a second: a reader that keeps reading keeps up
+    # The flood comes in steps of fewer lines than a subscriber's queue holds, each once the fast
+    # reader has had the last: it can never fall behind, however slow this machine is. The slow
+    # one reads nothing, and its small receive buffer fills at once.
+    steps, step = 24, 500
+    lines = steps * step  # of 1 KB: far more than the slow one's queue and socket buffers hold
     # No health checks during the flood: only the child's own lines reach the feed.
     config = make_config(tmp_path, {"m": {"path": fake_model()}}, llama_server={"health_interval_s": 600})
     async with (
@@ -123,18 +127,18 @@ async def test_a_slow_subscriber_is_told_what_it_lost_while_a_fast_one_gets_ever
         child = await start_child(client, url)
         port, resource = int(url.rsplit(":", 1)[1]), f"/ws/logs/{child['key']}?history=0"
         fast = await connect_websocket(nursery, "127.0.0.1", port, resource, use_ssl=False)
-        # The slow one reads nothing during the flood, and its small receive buffer fills at once.
         sock = trio.socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
         await sock.connect(("127.0.0.1", port))
         slow = await wrap_client_stream(nursery, trio.SocketStream(sock), "127.0.0.1", resource)
-        control = {"flood": lines, "batch": 40, "pause_s": 0.01}
-        assert (
-            await client.post(f"http://127.0.0.1:{child['port']}/fake/control", json=control)
-        ).status_code == 200
-        fast_messages = await receive_until(
-            fast, lambda m: m.get("text", "").startswith(f"flood {lines - 1} ")
-        )
+        fast_messages: list[dict[str, Any]] = []
+        for first in range(0, lines, step):
+            control = {"flood": step, "first": first, "batch": 100, "pause_s": 0}
+            assert (
+                await client.post(f"http://127.0.0.1:{child['port']}/fake/control", json=control)
+            ).status_code == 200
+            last = f"flood {first + step - 1} "
+            fast_messages += await receive_until(fast, lambda m, end=last: m.get("text", "").startswith(end))
         flood = [int(m["text"].split()[1]) for m in fast_messages if m.get("text", "").startswith("flood ")]
         assert all(m["type"] == "line" for m in fast_messages)
         assert flood == list(range(lines))  # every line, in order
@@ -252,15 +256,14 @@ async def test_sidecar_names_resolve_by_key_then_route_then_unique_prefix(
         view = PoolView(pool, StatsSampler(pool))
         base = routes.resolve("m")
         configured = await pool.preload(base)
-        twins = [await pool.preload(dataclasses.replace(base, key=key)) for key in ("abc123", "abc456")]
+        # Keys with letters no real (hex) key has, so that only these two share a prefix.
+        twins = [await pool.preload(dataclasses.replace(base, key=key)) for key in ("xyz123", "xyz456")]
         assert all(view.find(name) is configured for name in (base.key, "m", "mm", "coder", base.key[:10]))
-        assert view.find("abc1") is twins[0] and view.find("abc456") is twins[1]
-        with pytest.raises(AmbiguousSidecarError, match=r"'abc' is the start of 2 sidecar keys"):
-            view.find("abc")
-        with pytest.raises(
-            SidecarNotFoundError, match=r"no live sidecar matches 'zzz'.*running: abc123 \(m\)"
-        ):
-            view.find("zzz")
+        assert view.find("xyz1") is twins[0] and view.find("xyz456") is twins[1]
+        with pytest.raises(AmbiguousSidecarError, match=r"'xyz' is the start of 2 sidecar keys"):
+            view.find("xyz")
+        with pytest.raises(SidecarNotFoundError, match=r"matches 'nope' .*running: .*xyz123 \(m\), xyz456"):
+            view.find("nope")
         await pool.evict(base.key)
         with pytest.raises(SidecarNotFoundError):
             view.find("coder")  # a route name whose child is not running

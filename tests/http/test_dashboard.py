@@ -10,7 +10,7 @@ import httpx
 import pytest
 import trio
 
-from orchestrator.discovery import LlamaServerBinary
+from orchestrator.routing import LlamaServerBinary
 from tests.conftest import ARTIFACTS, CHROMIUM_ARGS, make_config, running_daemon
 
 SLOW_S = 60_000  # ms: loading a model on a busy 2-core machine

@@ -14,7 +14,7 @@ from pathlib import Path
 import h11
 import trio
 
-from orchestrator.discovery import LlamaServerBinary
+from orchestrator.routing import LlamaServerBinary
 from orchestrator.runtime import Daemon
 from tests.conftest import make_config, routes_for
 

@@ -15,7 +15,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.discovery import LlamaServerBinary
+from orchestrator.routing import LlamaServerBinary
 from orchestrator.runtime import Daemon
 from tests.conftest import FAKE_SERVER, assert_no_children_since, make_config, our_children, routes_for
 

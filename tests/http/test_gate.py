@@ -22,8 +22,7 @@ import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from orchestrator.config import load_config
-from orchestrator.discovery import LlamaServerBinary
-from orchestrator.routing import RouteTable
+from orchestrator.routing import LlamaServerBinary, RouteTable
 from orchestrator.runtime import Daemon
 from tests.conftest import CHROMIUM_ARGS, make_config, routes_for, running_daemon
 

@@ -16,7 +16,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from orchestrator.discovery import LlamaServerBinary
+from orchestrator.routing import LlamaServerBinary
 from tests.conftest import make_config, running_daemon
 
 LONG = os.environ.get("LLAMA_SIDECAR_LONG_TESTS") == "1"

@@ -15,7 +15,7 @@ import openai
 import pytest
 import trio
 
-from orchestrator.discovery import LlamaServerBinary
+from orchestrator.routing import LlamaServerBinary
 from orchestrator.runtime import Daemon
 from tests.conftest import make_config, pid_alive, poll_until, routes_for, running_daemon, wait_until
 

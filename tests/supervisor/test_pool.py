@@ -18,9 +18,9 @@ import trio
 import trio.testing
 
 from orchestrator.config import Config
-from orchestrator.discovery import LlamaServerBinary
 from orchestrator.errors import BackoffError, CapacityError, OverloadedError, SpawnError
 from orchestrator.policy import State, StopReason
+from orchestrator.routing import LlamaServerBinary
 from orchestrator.supervisor.events import Crashed, Exited, FailedToStart, Published, Stopped
 from orchestrator.supervisor.pool import Pool
 from tests.conftest import make_config, pid_alive, routes_for, wait_until

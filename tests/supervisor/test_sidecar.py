@@ -10,10 +10,10 @@ import pytest
 import trio
 
 from orchestrator.config import Config
-from orchestrator.discovery import LlamaServerBinary
 from orchestrator.errors import SpawnError
 from orchestrator.policy import State, StopReason
 from orchestrator.procgroup import child_environment
+from orchestrator.routing import LlamaServerBinary
 from orchestrator.supervisor.events import Stopped
 from orchestrator.supervisor.sidecar import Sidecar
 from tests.conftest import free_port, make_config, pid_alive, port_taken, routes_for, wait_until

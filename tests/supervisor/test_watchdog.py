@@ -14,7 +14,7 @@ import httpx
 import psutil
 import trio
 
-from orchestrator.discovery import LlamaServerBinary
+from orchestrator.routing import LlamaServerBinary
 from orchestrator.supervisor.watchdog import kill_registered, state_dir
 from tests.conftest import free_port, make_config, pid_alive, poll_until, running_daemon, wait_until
 
