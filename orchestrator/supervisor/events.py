@@ -155,25 +155,27 @@ class Exited(SidecarEvent):
 
 
 @dataclass(frozen=True)
-class RequestStarted(SidecarEvent):
-    """A request leased it; ``in_flight`` counts this one."""
-
+class _RequestEvent(SidecarEvent):
     kind: ClassVar[str] = "request"
+    phase: ClassVar[str]
     in_flight: int
 
     def details(self) -> dict[str, Any]:
-        return {"phase": "started", "in_flight": self.in_flight}
+        return {"phase": self.phase, "in_flight": self.in_flight}
 
 
 @dataclass(frozen=True)
-class RequestFinished(SidecarEvent):
+class RequestStarted(_RequestEvent):
+    """A request leased it; ``in_flight`` counts this one."""
+
+    phase: ClassVar[str] = "started"
+
+
+@dataclass(frozen=True)
+class RequestFinished(_RequestEvent):
     """A request's lease ended; ``in_flight`` no longer counts it."""
 
-    kind: ClassVar[str] = "request"
-    in_flight: int
-
-    def details(self) -> dict[str, Any]:
-        return {"phase": "finished", "in_flight": self.in_flight}
+    phase: ClassVar[str] = "finished"
 
 
 @dataclass(frozen=True)

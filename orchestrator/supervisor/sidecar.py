@@ -44,6 +44,7 @@ from orchestrator.supervisor.events import (
     Unhealthy,
     outcome_json,
 )
+from orchestrator.supervisor.lifecycle import Lifecycle
 from orchestrator.supervisor.upstream import Upstream
 
 E = TypeVar("E", bound=SidecarEvent)
@@ -61,7 +62,7 @@ _READY_HINT = re.compile(r"model loaded|listening on")
 _BIND_FAILED = "couldn't bind HTTP server socket"
 
 
-class Sidecar:
+class Sidecar(Lifecycle):
     """One llama-server process and everything the supervisor knows about it."""
 
     def __init__(
@@ -74,6 +75,7 @@ class Sidecar:
         restarts: int = 0,
         on_event: Callable[[SidecarEvent], None] = lambda _event: None,
     ) -> None:
+        super().__init__()
         self.spec = spec
         self.restarts = restarts
         self.port: int | None = None
@@ -84,8 +86,6 @@ class Sidecar:
         self.slots = DEFAULT_SLOTS  # how many requests the child serves at once (from its /props)
         self.stderr = logtail.LogFeed(TAIL_LINES)
         self.outcome: Outcome | None = None  # set once, when it has exited
-        self._state = State.STARTING
-        self._out_of_service: tuple[StopReason, str] | None = None  # why, once it was taken out
         self._exit_code: int | None = None
         self._failure: SpawnError | None = None  # why it could not start
         self._env = dict(env)
@@ -107,19 +107,6 @@ class Sidecar:
     @property
     def label(self) -> str:
         return f"[sidecar:{self.key[:8]}:{self.port}]"
-
-    @property
-    def state(self) -> State:
-        return self._state
-
-    @property
-    def stop_reason(self) -> StopReason | None:
-        """Why it was taken out of service, if it was."""
-        return None if self._out_of_service is None else self._out_of_service[0]
-
-    @property
-    def stop_detail(self) -> str:
-        return "" if self._out_of_service is None else self._out_of_service[1]
 
     @property
     def exit_code(self) -> int | None:
@@ -181,27 +168,11 @@ class Sidecar:
             return FailedToStart(error, self._exit_code, uptime)
         return Crashed(self._exit_code, tuple(self.stderr.tail(ERROR_TAIL_LINES)), uptime)
 
-    def mark_stopping(self, reason: StopReason, detail: str) -> bool:
-        """Take the child out of service at once (no new leases); False if it already was."""
-        return self._take_out_of_service(State.STOPPING, reason, detail)
-
-    def _take_out_of_service(self, state: State, reason: StopReason, detail: str) -> bool:
-        if not policy.can_move(self._state, state) or self._state is State.EXITED:
-            return False
-        self._out_of_service = (reason, detail)
-        self._move(state)
-        log.info("%s out of service (%s)", self.label, detail)
-        return True
-
     async def stop(self, reason: StopReason, detail: str) -> None:
         """Stop the child now (its requests, if any, fail) and wait until it is gone."""
         self.mark_stopping(reason, detail)
         self._cancel_life()
         await self._exited.wait()
-
-    def _move(self, state: State) -> None:
-        assert self._state is state or policy.can_move(self._state, state), f"{self._state} -> {state}"
-        self._state = state
 
     def _emit(self, event: type[E], **details: Any) -> None:
         self._on_event(event(key=self.key, model=self.spec.model, ts=time.time(), **details))

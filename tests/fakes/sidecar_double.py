@@ -20,7 +20,6 @@ from typing import Any
 
 import trio
 
-from orchestrator import policy
 from orchestrator.errors import SpawnError
 from orchestrator.flags import builtin_table
 from orchestrator.policy import State, StopReason
@@ -35,6 +34,7 @@ from orchestrator.supervisor.events import (
     Starting,
     Stopped,
 )
+from orchestrator.supervisor.lifecycle import Lifecycle
 from orchestrator.supervisor.logtail import LogFeed
 from orchestrator.supervisor.pool import Pool
 from orchestrator.supervisor.upstream import Upstream
@@ -50,7 +50,7 @@ class Behaviour:
     slots: int = 4
 
 
-class SidecarDouble:
+class SidecarDouble(Lifecycle):
     """A sidecar with no process: see the module docstring."""
 
     def __init__(
@@ -60,6 +60,7 @@ class SidecarDouble:
         on_event: Callable[[SidecarEvent], None],
         behaviour: Behaviour,
     ) -> None:
+        super().__init__()
         self.spec = spec
         self.restarts = restarts
         self.slots = behaviour.slots
@@ -70,8 +71,6 @@ class SidecarDouble:
         self.ready_at: float | None = None  # trio time
         self._behaviour = behaviour
         self._on_event = on_event
-        self._state = State.STARTING
-        self._out_of_service: tuple[StopReason, str] | None = None
         self._settled = trio.Event()
         self._exited = trio.Event()
         self._crash = trio.Event()
@@ -84,14 +83,6 @@ class SidecarDouble:
     @property
     def label(self) -> str:
         return f"[double:{self.spec.model}:{self.restarts}]"
-
-    @property
-    def state(self) -> State:
-        return self._state
-
-    @property
-    def stop_reason(self) -> StopReason | None:
-        return None if self._out_of_service is None else self._out_of_service[0]
 
     @property
     def upstream(self) -> Upstream:
@@ -141,13 +132,6 @@ class SidecarDouble:
             return FailedToStart(failure, 1, uptime)
         return Crashed(-9, ("double: crashed",), uptime)
 
-    def mark_stopping(self, reason: StopReason, detail: str) -> bool:
-        if self._state not in (State.STARTING, State.READY):
-            return False
-        self._out_of_service = (reason, detail)
-        self._move(State.STOPPING)
-        return True
-
     async def stop(self, reason: StopReason, detail: str) -> None:
         self.mark_stopping(reason, detail)
         self._life.cancel()
@@ -166,10 +150,6 @@ class SidecarDouble:
             "state": self._state.value,
             "restarts": self.restarts,
         }
-
-    def _move(self, state: State) -> None:
-        assert self._state is state or policy.can_move(self._state, state), f"{self._state} -> {state}"
-        self._state = state
 
     def _emit(self, event: type[SidecarEvent], **details: Any) -> None:
         self._on_event(event(key=self.key, model=self.spec.model, ts=time.time(), **details))
