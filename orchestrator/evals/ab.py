@@ -15,6 +15,8 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,8 @@ from orchestrator.evals.report import html_page
 from orchestrator.evals.sandbox import DEFAULT_LIMITS, Limits, run_program
 from orchestrator.evals.suites import Question, Suite, Verdict
 
-DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "ab-prompts.toml"
+# Shipped in the wheel as package data (pyproject.toml), found wherever the package is installed.
+DEFAULT_PROMPTS: Traversable = resources.files("orchestrator").joinpath("data", "ab-prompts.toml")
 CHECK_KINDS = ("code", "json", "contains", "regex", "nonempty")
 
 
@@ -43,7 +46,7 @@ def _filler(count: int, start: int) -> str:
     )
 
 
-def load_prompts(path: Path = DEFAULT_PROMPTS) -> tuple[list[Prompt], str]:
+def load_prompts(path: Path | Traversable = DEFAULT_PROMPTS) -> tuple[list[Prompt], str]:
     """The prompts in a TOML file, and a digest of the file (the suite's version); every problem at once."""
     try:
         raw = path.read_bytes()
@@ -126,7 +129,7 @@ class AbSuite(Suite):
     name = "ab"
     max_tokens = 512
 
-    def __init__(self, path: Path = DEFAULT_PROMPTS) -> None:
+    def __init__(self, path: Path | Traversable = DEFAULT_PROMPTS) -> None:
         self.prompts, self.version = load_prompts(path)
 
     def questions(self) -> list[Question]:

@@ -136,7 +136,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
     models = [name.strip() for name in args.models.split(",") if name.strip()]
     if len(models) < 2:
         raise CommandError(f"--models needs at least two names separated by commas, got {args.models!r}")
-    suite = AbSuite(Path(args.prompts))
+    suite = AbSuite(DEFAULT_PROMPTS if args.prompts is None else Path(args.prompts))
     store = _store(args)
 
     async def run() -> list[RunResult]:
@@ -201,6 +201,6 @@ def add_eval_parser(commands: Any) -> None:
 
     ab = tools.add_parser("ab", help="the A/B prompt set on several models or agents, side by side")
     ab.add_argument("--models", required=True, help="comma-separated model or agent names (two or more)")
-    ab.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="a prompt file (TOML; default: shipped)")
+    ab.add_argument("--prompts", help="a prompt file (TOML; default: the shipped set)")
     common(ab)
     ab.set_defaults(handler=cmd_ab)

@@ -11,11 +11,14 @@ it never slows the child or the other subscribers.
 from __future__ import annotations
 
 import json
+import mimetypes
 from collections.abc import Awaitable, Callable
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import PurePosixPath
 from typing import Any
 
-from quart import Response, send_from_directory, websocket
+from quart import Response, websocket
 from quart_trio import QuartTrio
 
 from orchestrator import flags as flagmod
@@ -26,7 +29,6 @@ from orchestrator.supervisor.fanout import Dropped
 from orchestrator.supervisor.pool import Pool, SidecarLike
 from orchestrator.supervisor.stats import StatsSampler
 
-WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 # Re-reads the configuration and applies it; says what was kept and what stopped.
 Reloader = Callable[[], Awaitable[dict[str, Any]]]
 _NOT_FOUND_CLOSE = 4404  # websocket close code: no such sidecar
@@ -209,18 +211,38 @@ def _register_feeds(app: QuartTrio, view: PoolView) -> None:
                 await websocket.send(json.dumps(payload))
 
 
+# The dashboard's files are package data (orchestrator.web, from web/ in the source tree).
+_WEB_SUFFIXES = frozenset({".html", ".js", ".css", ".svg", ".png"})
+
+
+def dashboard_files() -> dict[str, tuple[bytes, str]]:
+    """Every file of the dashboard by its path under /web/, with its content type; read once."""
+    found: dict[str, tuple[bytes, str]] = {}
+    pending: list[tuple[str, Traversable]] = [("", resources.files("orchestrator.web"))]
+    while pending:
+        prefix, folder = pending.pop()
+        for entry in folder.iterdir():
+            name = f"{prefix}{entry.name}"
+            if entry.is_dir():
+                pending.append((f"{name}/", entry))
+            elif PurePosixPath(name).suffix in _WEB_SUFFIXES:
+                content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+                found[name] = (entry.read_bytes(), content_type)
+    return found
+
+
 def _register_dashboard(app: QuartTrio) -> None:
+    files = dashboard_files()
+
     @app.get("/")
     async def dashboard() -> Response:
         return await web_file("index.html")
 
     @app.get("/web/<path:name>")
     async def web_file(name: str) -> Response:
-        if not (WEB_DIR / "index.html").is_file():
+        if name not in files:  # only the shipped files: no path reaches anything else
             return error_response(
-                404,
-                f"the dashboard files are not installed ({WEB_DIR})",
-                "invalid_request_error",
-                "not_found",
+                404, f"the dashboard has no file {name!r}", "invalid_request_error", "not_found"
             )
-        return await send_from_directory(WEB_DIR, name)
+        body, content_type = files[name]
+        return Response(body, content_type=content_type, headers={"Cache-Control": "no-cache"})
