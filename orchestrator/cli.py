@@ -21,7 +21,7 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from orchestrator import flags as flagmod
-from orchestrator import llamaswap
+from orchestrator import llamaswap, logsetup
 from orchestrator.bench.cli import add_bench_parser
 from orchestrator.clisupport import load_cli_config, run_trio
 from orchestrator.config import Config, load_config
@@ -32,6 +32,7 @@ from orchestrator.flaghelp import load_flag_table
 from orchestrator.flags import FlagTable
 from orchestrator.routing import LlamaServerBinary, RouteTable
 from orchestrator.runtime import Daemon
+from orchestrator.service.cli import add_service_parser
 from orchestrator.supervisor.pool import Pool
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -55,13 +56,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def reload_routes() -> RouteTable:
         return routes_of(load_cli_config(args.config))
 
-    routes = routes_of(first)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(message)s",
-        stream=sys.stderr,
-    )
-    daemon = Daemon(routes, reload_routes if args.config else None, insecure=args.insecure)
+    daemon = Daemon(routes_of(first), reload_routes if args.config else None, insecure=args.insecure)
+    try:
+        logsetup.configure(verbose=args.verbose, log_file=args.log_file)
+    except OSError as error:
+        raise CommandError(f"--log-file {args.log_file}: {error.strerror}") from error
     run_trio(partial(daemon.serve_until_signal, until_stdin_closes=args.until_stdin_closes))
     return 0
 
@@ -92,7 +91,7 @@ async def _doctor(routes: RouteTable) -> str:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.CRITICAL)  # the outcome printed below says it all
+    logging.getLogger().setLevel(logging.CRITICAL)  # the outcome printed below says it all
     routes = build_routes(load_cli_config(args.config))
     first = routes.routes()[0]
     print(f"llama-server: {first.binary.path} ({first.binary.origin})")
@@ -300,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.add_argument(
+        "--log-file", metavar="PATH", help="log to this file (rotated at 10 MiB) instead of stderr"
+    )
+    serve.add_argument(
         "--until-stdin-closes",
         action="store_true",
         help="also stop when stdin closes (for a parent process that starts the daemon for its own run)",
@@ -373,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     flags_list.set_defaults(handler=cmd_flags_list)
     add_bench_parser(commands)
     add_eval_parser(commands)
+    add_service_parser(commands)
     return parser
 
 

@@ -28,9 +28,13 @@ _MIN_FLAGS = 50  # fewer than this and the output was not llama-server's help
 
 
 def cache_dir() -> Path:
+    """``$LLAMA_SIDECAR_CACHE_DIR``, else systemd's ``CacheDirectory=``, else the XDG cache."""
     configured = os.environ.get(CACHE_DIR_ENV)
     if configured:
         return Path(configured)
+    from_systemd = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    if from_systemd:
+        return Path(from_systemd)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llama-sidecar"
 
 

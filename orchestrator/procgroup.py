@@ -18,17 +18,20 @@ from typing import Any
 import psutil
 import trio
 
+from orchestrator.sdnotify import PROTOCOL_VARIABLES
+
 IS_WINDOWS = sys.platform == "win32"
 
 _SCRUBBED_PREFIXES = ("LLAMA_ARG_",)
-_SCRUBBED_NAMES = ("LLAMA_SERVER_ROUTER_PORT", "LLAMA_API_KEY")
+_SCRUBBED_NAMES = ("LLAMA_SERVER_ROUTER_PORT", "LLAMA_API_KEY", *PROTOCOL_VARIABLES)
 
 
 def child_environment(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
     """The child's environment: ours, plus ``extra``, minus what would override its argv.
 
     llama.cpp reads LLAMA_ARG_* before argv (they could set the port or model),
-    and a child that sees LLAMA_SERVER_ROUTER_PORT thinks it is a router child.
+    a child that sees LLAMA_SERVER_ROUTER_PORT thinks it is a router child, and systemd's
+    notify variables are the daemon's alone.
     """
     env = {**base, **extra}
     return {
@@ -41,7 +44,9 @@ def child_environment(base: Mapping[str, str], extra: Mapping[str, str]) -> dict
 def spawn_options() -> dict[str, Any]:
     """Keyword arguments for ``trio.run_process`` that isolate the child's process group."""
     if sys.platform == "win32":
-        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+        # No console of its own, and none inherited: under a service or a scheduled task there is
+        # none, and a child tied to one dies with it (DETACHED_PROCESS, not CREATE_NO_WINDOW).
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS}
     return {"start_new_session": True}
 
 

@@ -23,6 +23,7 @@ from orchestrator.errors import ConfigError, ListenError, leaf_exceptions
 from orchestrator.http.app import create_app
 from orchestrator.http.connections import sever_connections
 from orchestrator.routing import RouteTable
+from orchestrator.sdnotify import Notifier
 from orchestrator.supervisor.pool import Pool
 from orchestrator.supervisor.stats import StatsSampler
 from orchestrator.supervisor.watchdog import Watchdog, own_state_file
@@ -33,6 +34,7 @@ _server_log = logging.getLogger("orchestrator.http.server")
 _server_log.setLevel(logging.WARNING)
 CUT_AFTER_GRACE_S = 1.0  # hypercorn cancels its handlers at the grace; what is still stuck after this is cut
 CUT_CHECK_S = 0.25
+STATUS_INTERVAL_S = 1.0
 
 
 def bind_address(host: str, port: int) -> str:
@@ -48,6 +50,7 @@ class Daemon:
         load_routes: Callable[[], RouteTable] | None = None,
         *,
         insecure: bool = False,
+        notifier: Notifier | None = None,
     ) -> None:
         """``load_routes`` re-reads the configuration (blocking: run in a thread) for reloads.
 
@@ -55,6 +58,7 @@ class Daemon:
         configuration, the first and each reload, must set keys for one (ConfigError).
         """
         self._insecure = insecure
+        self._notifier = notifier or Notifier.from_environment()  # systemd, when it runs us
         self._check_exposure(routes)
         self.config = routes.config
         self.routes = routes
@@ -63,6 +67,7 @@ class Daemon:
         self._shutdown = trio.Event()
         self._reloading = trio.Lock()  # SIGHUP and POST /api/reload take turns
         self._stopping_at_once = False  # a second signal came
+        self._url = ""  # where it serves, once it does
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
@@ -70,13 +75,14 @@ class Daemon:
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``request_shutdown``; started() with the base URL once listening."""
         async with trio.open_nursery() as nursery:
+            await nursery.start(self._notifier.run)
             watchdog = Watchdog(own_state_file())
             await nursery.start(watchdog.run)
             pool = self.pool = Pool(self.routes, watchdog)
             await nursery.start(pool.run)
             stats = StatsSampler(pool)
             await nursery.start(stats.run)
-            nursery.start_soon(self._close_feeds_on_shutdown, pool)
+            nursery.start_soon(self._on_shutdown, pool)
             server_config = hypercorn.config.Config()
             server_config.bind = [bind_address(self.config.server.host, self.config.server.port)]
             server_config.graceful_timeout = self.config.server.shutdown_grace_s
@@ -93,6 +99,9 @@ class Daemon:
                 binaries = sorted({f"{r.binary.path} ({r.binary.origin})" for r in self.routes.routes()})
                 log.info("serving on %s with llama-server %s", binds[0], ", ".join(binaries))
                 server.start_soon(self._cut_stuck_connections, int(binds[0].rsplit(":", 1)[1]), served)
+                self._url = binds[0]
+                self._notifier.ready(self._status_line(pool))
+                nursery.start_soon(self._report_status, pool)
                 task_status.started(binds[0])
             # hypercorn has returned: nothing new is accepted and in-flight requests are done.
             await pool.stop_all()
@@ -136,7 +145,12 @@ class Daemon:
         Reloads are serialised: one that comes while another runs waits for it.
         """
         async with self._reloading:
-            return await self._reload()
+            self._notifier.reloading()
+            try:
+                return await self._reload()
+            finally:
+                assert self.pool is not None
+                self._notifier.ready(self._status_line(self.pool))
 
     async def _reload(self) -> dict[str, Any]:
         if self._load_routes is None:
@@ -162,10 +176,25 @@ class Daemon:
         if problem is not None:
             raise ConfigError([f"{routes.config.source}: {problem}"])
 
-    async def _close_feeds_on_shutdown(self, pool: Pool) -> None:
-        # Websocket feeds never end on their own; hypercorn's drain would wait for them.
+    async def _on_shutdown(self, pool: Pool) -> None:
         await self._shutdown.wait()
-        pool.close_feeds()
+        self._notifier.stopping()
+        pool.close_feeds()  # websocket feeds never end on their own; hypercorn's drain would wait for them
+
+    def _status_line(self, pool: Pool) -> str:
+        return f"serving on {self._url}; {pool.summary_line()}"
+
+    async def _report_status(self, pool: Pool) -> None:
+        """Keep the service manager's status line current (at most once a second)."""
+        sent = ""
+        while not self._shutdown.is_set():
+            line = self._status_line(pool)
+            if line == sent:
+                await pool.wait_changed()
+                continue
+            self._notifier.status(line)
+            sent = line
+            await trio.sleep(STATUS_INTERVAL_S)
 
     async def serve_until_signal(self, *, until_stdin_closes: bool = False) -> None:
         """Run with SIGINT/SIGTERM meaning a graceful stop (a second one: stop at once).

@@ -21,6 +21,7 @@ import math
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -470,6 +471,18 @@ class Pool:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        """Until anything in the pool changes (a child's state, a lease, a waiter)."""
+        await self._changed.wait()
+
+    def summary_line(self) -> str:
+        """The pool in one line, e.g. for the service manager's status."""
+        states = Counter(t.sidecar.state.value for t in self._live.values())
+        in_flight = sum(t.in_flight for t in self._live.values())
+        waiting = sum(t.waiting for t in self._live.values())
+        children = ", ".join(f"{count} {state}" for state, count in sorted(states.items())) or "none running"
+        return f"{len(self._live)} sidecar(s): {children}; {in_flight} in flight, {waiting} waiting"
 
     # -- views ---------------------------------------------------------------
 

@@ -73,10 +73,16 @@ STATE_DIR_ENV = "LLAMA_SIDECAR_STATE_DIR"
 
 
 def state_dir() -> Path:
-    """Where daemons record their children, for a later instance to sweep."""
+    """Where daemons record their children, for a later instance to sweep.
+
+    ``$LLAMA_SIDECAR_STATE_DIR``, else systemd's ``StateDirectory=``, else the XDG state folder.
+    """
     configured = os.environ.get(STATE_DIR_ENV)
     if configured:
         return Path(configured)
+    from_systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if from_systemd:
+        return Path(from_systemd)
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "llama-sidecar"
 
 
