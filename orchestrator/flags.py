@@ -120,9 +120,33 @@ def parse_help(text: str) -> tuple[FlagSpec, ...]:
         elif line.startswith(" ") and entries:
             entries[-1][2].append(line.strip())
     return tuple(
-        _spec(spellings, placeholder, _ENV_NOTE.sub("", " ".join(description)).strip())
+        _spec(group, placeholder, _ENV_NOTE.sub("", " ".join(description)).strip())
         for spellings, placeholder, description in entries
+        for group in _split_negation(spellings, placeholder)
     )
+
+
+def _split_negation(spellings: list[str], placeholder: str) -> list[list[str]]:
+    """``-kvu, --kv-unified, -no-kvu, --no-kv-unified`` is two switches of opposite meaning.
+
+    The negative spellings follow the positive ones: from the first ``--no-`` one,
+    with the short ``-n...`` spellings just before it.
+    """
+    first = next((i for i, s in enumerate(spellings) if s.startswith("--no-")), None)
+    if placeholder or first is None or first == 0:
+        return [spellings]
+    while first > 1 and not spellings[first - 1].startswith("--") and spellings[first - 1].startswith("-n"):
+        first -= 1
+    positive, negative = spellings[:first], spellings[first:]
+    preferred = "--no-" + next((s for s in positive if s.startswith("--")), positive[0]).lstrip("-")
+    if preferred in negative:  # its canonical name mirrors the positive one's (see toggle_slot)
+        negative = [preferred, *(s for s in negative if s != preferred)]
+    return [positive, negative]
+
+
+def toggle_slot(name: str) -> str:
+    """A switch and its negation share a slot: the later of ``--kv-unified`` / ``--no-kv-unified`` wins."""
+    return "--" + name[len("--no-") :] if name.startswith("--no-") else name
 
 
 def _spec(spellings: list[str], placeholder: str, description: str) -> FlagSpec:
@@ -435,8 +459,8 @@ def canonicalise(flags: Iterable[Flag]) -> tuple[Flag, ...]:
         if flag.name in _REPEATABLE:
             kept.setdefault(flag.name, []).append(flag)
         else:
-            kept[flag.name] = [flag]
-    return tuple(flag for name in sorted(kept) for flag in kept[name])
+            kept[toggle_slot(flag.name)] = [flag]
+    return tuple(flag for slot in sorted(kept) for flag in kept[slot])
 
 
 def merge_layers(layers: Sequence[Sequence[Flag]]) -> tuple[tuple[Flag, ...], ...]:
@@ -450,8 +474,8 @@ def merge_layers(layers: Sequence[Sequence[Flag]]) -> tuple[tuple[Flag, ...], ..
     overridden: set[str] = set()
     for layer in reversed(layers):
         canonical = canonicalise(layer)
-        merged.append(tuple(flag for flag in canonical if flag.name not in overridden))
-        overridden.update(flag.name for flag in canonical)
+        merged.append(tuple(flag for flag in canonical if toggle_slot(flag.name) not in overridden))
+        overridden.update(toggle_slot(flag.name) for flag in canonical)
     return tuple(reversed(merged))
 
 

@@ -208,3 +208,20 @@ def test_any_tokens_give_flags_llama_server_accepts_or_readable_problems(tokens:
     # Rendering and parsing again changes nothing (idempotent), and every flag is one the table declares.
     assert flags.canonicalise(flags.parse(flags.render(canonical), STRICT)) == canonical
     assert all(STRICT.lookup(flag.name) is not None for flag in canonical)
+
+
+def test_a_negated_switch_keeps_its_meaning_and_replaces_its_positive() -> None:
+    table = flags.builtin_table()
+    for tokens, expected in (
+        (["--no-kv-unified"], [flags.Flag("--no-kv-unified")]),
+        (["-no-kvu"], [flags.Flag("--no-kv-unified")]),
+        (["-kvu"], [flags.Flag("--kv-unified")]),
+        (["-nkvo"], [flags.Flag("--no-kv-offload")]),
+        (["--repack", "-nr"], [flags.Flag("--no-repack")]),  # the later one wins
+        (["-nr", "--repack"], [flags.Flag("--repack")]),
+        (["--no-webui"], [flags.Flag("--no-ui")]),
+    ):
+        assert list(flags.canonicalise(flags.parse(tokens, table))) == expected, tokens
+    model, agent = flags.parse(["--kv-unified", "-c", "512"], table), flags.parse(["--no-kv-unified"], table)
+    merged = flags.effective([model, agent])
+    assert merged == (flags.Flag("--ctx-size", ("512",)), flags.Flag("--no-kv-unified"))
