@@ -20,8 +20,8 @@ import httpx
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
+from orchestrator import admission, llamaswap, logsetup
 from orchestrator import flags as flagmod
-from orchestrator import llamaswap, logsetup
 from orchestrator.bench.cli import add_bench_parser
 from orchestrator.clisupport import load_cli_config, run_trio
 from orchestrator.config import Config, load_config
@@ -136,20 +136,36 @@ def _age(timestamp: float | None) -> str:
     )
 
 
+def _memory_cell(memory: dict[str, Any] | None) -> str:
+    if not memory:
+        return "-"
+    counted = memory.get("counted_mib", {})
+    return (
+        " ".join(f"{device}:{admission.human(mib * admission.MiB)}" for device, mib in counted.items())
+        .replace(" GiB", "G")
+        .replace(" MiB", "M")
+        or "-"
+    )
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     data = _api("GET", f"{args.url}/api/sidecars")
-    rows = [("KEY", "MODEL", "STATE", "PORT", "PID", "IN-FLIGHT", "RESTARTS", "UP", "IDLE", "AGENTS")]
+    rows = [
+        ("KEY", "MODEL", "STATE", "PORT", "PID", "IN-FLIGHT", "RESTARTS", "UP", "IDLE", "MEMORY", "AGENTS")
+    ]
     rows += [
         (
             s["key"][:8], s["model"], s["state"], str(s["port"]), str(s["pid"]), str(s["in_flight"]),
-            str(s["restarts"]), _age(s["started_at"]), _age(s["last_used"]), ",".join(s["agents"]) or "-",
+            str(s["restarts"]), _age(s["started_at"]), _age(s["last_used"]), _memory_cell(s.get("memory")),
+            ",".join(s["agents"]) or "-",
         )
         for s in data["sidecars"]
     ]  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    print(f"{len(data['sidecars'])}/{data['max_sidecars']} sidecars, {data['evictions']} evictions")
+    cap = f"/{data['max_sidecars']}" if data["max_sidecars"] else ""
+    print(f"{len(data['sidecars'])}{cap} sidecars, {data['evictions']} evictions")
     return 0
 
 
@@ -274,7 +290,8 @@ def cmd_events(args: argparse.Namespace) -> int:
         if event["type"] == "snapshot":
             pool = event["pool"]
             live = ", ".join(f"{s['model']} {s['key'][:8]} {s['state']}" for s in event["sidecars"]) or "none"
-            print(f"{pool['live']}/{pool['max_sidecars']} sidecars: {live}", flush=True)
+            cap = f"/{pool['max_sidecars']}" if pool["max_sidecars"] else ""
+            print(f"{pool['live']}{cap} sidecars: {live}", flush=True)
             return bool(args.follow)
         if event["type"] == "dropped":
             print(f"[{event['count']} events dropped: this terminal fell behind]", file=sys.stderr)

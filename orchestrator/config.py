@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from orchestrator import auth, llamaswap
+from orchestrator import admission, auth, llamaswap
 from orchestrator import flags as flagmod
 from orchestrator.errors import ConfigError, FlagError, OrchestratorError
 from orchestrator.flags import Flag, FlagTable
@@ -53,13 +53,25 @@ class LlamaServerSettings:
 
 @dataclass(frozen=True)
 class PoolSettings:
-    max_sidecars: int = 2
+    max_sidecars: int = 0  # live children at most; 0 = no count limit (memory decides)
     idle_ttl_s: float = 0.0  # 0 = never
     capacity_wait_s: float = 60.0  # a request waits this long for a busy pool, then 503
     drain_timeout_s: float = 30.0  # a stop waits this long for in-flight requests
     max_in_flight: int = 0  # requests one child serves at once; 0 = its own slot count
     max_queue: int = 64  # requests that may wait for a busy child; more get 429
     crash_loop: CrashLoopRule = field(default_factory=CrashLoopRule)  # when a failing model is not respawned
+    memory_budget: str | None = None  # host memory for children: a size or a share; None: RAM - a reserve
+    gpu_memory_budget: Mapping[str, str] = field(default_factory=dict)  # per device ("*": every GPU)
+    prompt_cache_mib: int = 1024  # a child's --cache-ram when its flags set none (counted on the host)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How the pool treats a model's or agent's child: kept, first to go, started at boot."""
+
+    pin: bool = False  # never stopped for room or idleness (only by hand, reload or shutdown)
+    priority: int = 0  # among idle children, lower priorities are stopped first
+    preload: bool = False  # started when the daemon starts (pinned ones always are)
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,7 @@ class ModelConfig:
     bin: str | None = None  # this model's llama-server, if not llama_server.bin
     ttl_s: float | None = None  # this model's idle TTL, if not pool.idle_ttl_s
     allow_request_flags: bool = False
+    placement: Placement = field(default_factory=Placement)
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,7 @@ class AgentConfig:
     model: str
     flags: tuple[Flag, ...] = ()
     allow_request_flags: bool = False
+    placement: Placement | None = None  # None: the model's
 
 
 @dataclass(frozen=True)
@@ -190,6 +204,16 @@ class _Table:
 
     def strings(self, name: str) -> tuple[str, ...]:
         return tuple(self.value(name, "a list of strings", _is_string_list, []))
+
+    def checked_text(self, name: str, problem_of: Callable[[str], str | None]) -> str | None:
+        """A string that ``problem_of`` accepts, or None when it is absent (or wrong, with a problem)."""
+        text = self.text(name, "a string", None)
+        if text is None:
+            return None
+        if (problem := problem_of(text)) is not None:
+            self.problem(name, problem)
+            return None
+        return text
 
     def checked_strings(self, name: str, problem_of: Callable[[str], str | None]) -> tuple[str, ...]:
         """A list of strings, each of which ``problem_of`` accepts (returns None for)."""
@@ -309,13 +333,16 @@ def parse_config(
     pool_t = document.table("pool", [f.name for f in dataclasses.fields(PoolSettings)])
     p = PoolSettings()
     pool = PoolSettings(
-        max_sidecars=pool_t.integer("max_sidecars", p.max_sidecars, 1),
+        max_sidecars=pool_t.integer("max_sidecars", p.max_sidecars, 0),
         idle_ttl_s=pool_t.number("idle_ttl_s", p.idle_ttl_s, 0.0),
         capacity_wait_s=pool_t.number("capacity_wait_s", p.capacity_wait_s, 0.0),
         drain_timeout_s=pool_t.number("drain_timeout_s", p.drain_timeout_s, 0.0),
         max_in_flight=pool_t.integer("max_in_flight", p.max_in_flight, 0),
         max_queue=pool_t.integer("max_queue", p.max_queue, 0),
         crash_loop=_crash_loop(pool_t.table("crash_loop", ("failures", "window_s", "max_backoff_s"))),
+        memory_budget=pool_t.checked_text("memory_budget", admission.size_problem),
+        gpu_memory_budget=_gpu_budgets(pool_t),
+        prompt_cache_mib=pool_t.integer("prompt_cache_mib", p.prompt_cache_mib, 0),
     )
 
     models = _parse_models(document.table("models"), base_dir, default_bin, tables)
@@ -324,6 +351,27 @@ def parse_config(
     if problems:
         raise ConfigError(problems)
     return Config(source, server, llama, pool, models, agents, tuple(all_notes))
+
+
+def _gpu_budgets(pool_t: _Table) -> dict[str, str]:
+    """``gpu_memory_budget = "90%"`` (every GPU) or a table by device name ("*": the others)."""
+    if isinstance(pool_t.data.get("gpu_memory_budget"), str):
+        every = pool_t.checked_text("gpu_memory_budget", admission.size_problem)
+        return {} if every is None else {"*": every}
+    table = pool_t.table("gpu_memory_budget")
+    budgets = {device: table.checked_text(device, admission.size_problem) for device in table.data}
+    return {device: budget for device, budget in budgets.items() if budget is not None}
+
+
+def _placement(table: _Table, default: Placement | None) -> Placement | None:
+    if not any(name in table.data for name in ("pin", "priority", "preload")):
+        return default
+    base = default or Placement()
+    return Placement(
+        pin=table.boolean("pin", base.pin),
+        priority=table.value("priority", "an integer", _is_int, base.priority),
+        preload=table.boolean("preload", base.preload),
+    )
 
 
 def _crash_loop(table: _Table) -> CrashLoopRule:
@@ -353,7 +401,8 @@ class _TableCache:
         return self._tables[bin_setting]
 
 
-_MODEL_KEYS = ("path", "flags", "aliases", "bin", "ttl_s", "allow_request_flags")
+_PLACEMENT_KEYS = ("pin", "priority", "preload")
+_MODEL_KEYS = ("path", "flags", "aliases", "bin", "ttl_s", "allow_request_flags", *_PLACEMENT_KEYS)
 
 
 def _parse_models(
@@ -386,6 +435,7 @@ def _parse_models(
             bin=model_bin,
             ttl_s=table.optional_number("ttl_s", 0.0),
             allow_request_flags=table.boolean("allow_request_flags", False),
+            placement=_placement(table, Placement()) or Placement(),
         )
     return models
 
@@ -395,7 +445,7 @@ def _parse_agents(
 ) -> dict[str, AgentConfig]:
     agents: dict[str, AgentConfig] = {}
     for name in section.data:
-        table = section.table(name, ("model", "flags", "allow_request_flags"))
+        table = section.table(name, ("model", "flags", "allow_request_flags", *_PLACEMENT_KEYS))
         model = table.text("model", "the name of a [models.*] entry", "")
         if model not in models:
             known = ", ".join(models) or "none configured"
@@ -403,7 +453,11 @@ def _parse_agents(
             continue
         flag_table = tables.get(models[model].bin or default_bin, "llama_server.bin")
         agents[name] = AgentConfig(
-            name, model, table.flags("flags", flag_table), table.boolean("allow_request_flags", False)
+            name,
+            model,
+            table.flags("flags", flag_table),
+            table.boolean("allow_request_flags", False),
+            _placement(table, None),
         )
     return agents
 

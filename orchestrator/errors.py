@@ -18,6 +18,7 @@ meaning is ``CLI_ONLY``.
     │   └── BackoffError         503 sidecar_backing_off, Retry-After
     ├── CapacityError            503 pool_busy, Retry-After
     │   └── OverloadedError      429 sidecar_overloaded, Retry-After
+    ├── InsufficientMemoryError  503 insufficient_memory
     ├── UpstreamError            502 sidecar_failed
     │   └── UpstreamTimeoutError 504 sidecar_timeout
     ├── BinaryNotFoundError      CLI only (reached through ConfigError on a reload)
@@ -156,6 +157,12 @@ class OverloadedError(CapacityError):
     """A child is at its in-flight limit and its wait queue is full."""
 
     http = HttpMeaning(429, "rate_limit_error", "sidecar_overloaded")
+
+
+class InsufficientMemoryError(OrchestratorError):
+    """A child can never fit the memory budgets (or only with pinned ones gone): refused at once."""
+
+    http = HttpMeaning(503, "server_error", "insufficient_memory")
 
 
 class UpstreamError(OrchestratorError):

@@ -1,9 +1,9 @@
-"""Learning a llama-server binary's flags from its own ``--help``, cached per binary.
+"""Asking a llama-server binary about itself (``--help``, ``--list-devices``), cached per binary.
 
-The cache holds the help text (not the parse), keyed by the binary's real
-path, size and modification time, under ``$LLAMA_SIDECAR_CACHE_DIR`` or
-``~/.cache/llama-sidecar``. When the help cannot be read, the built-in table
-is used and the log says so.
+The cache holds the text it printed (not the parse), keyed by the binary's
+real path, size and modification time, under ``$LLAMA_SIDECAR_CACHE_DIR``,
+systemd's ``CacheDirectory=`` or ``~/.cache/llama-sidecar``. When the help
+cannot be read, the built-in flag table is used and the log says so.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import subprocess
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from orchestrator.errors import HelpUnreadableError
@@ -50,22 +51,39 @@ def load_flag_table(binary: LlamaServerBinary) -> FlagTable:
 
 @functools.cache
 def _learned_table(path: str, identity: str, env: tuple[tuple[str, str], ...]) -> FlagTable:
-    cached = cache_dir() / f"help-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.txt"
+    def looks_like_help(text: str) -> bool:
+        return len(parse_help(text)) >= _MIN_FLAGS
+
+    text = ask_binary(path, identity, dict(env), "--help", accept=looks_like_help)
+    if text is None:
+        raise HelpUnreadableError("its --help could not be run or listed too few flags")
+    return FlagTable(parse_help(text), authoritative=True, source=f"{path} --help")
+
+
+def ask_binary(
+    path: str,
+    identity: str,
+    env: Mapping[str, str],
+    argument: str,
+    *,
+    accept: Callable[[str], bool],
+    also_keyed_by: str = "",
+) -> str | None:
+    """What ``path ARGUMENT`` prints (stdout and stderr), cached on disk per binary identity.
+
+    ``accept`` says whether an answer is good (only good ones are cached);
+    ``also_keyed_by`` adds to the cache key (e.g. the boot, for what can change
+    without the binary changing). None when it cannot be run or gives no good answer.
+    """
+    digest = hashlib.sha256(f"{identity}|{also_keyed_by}".encode()).hexdigest()[:16]
+    cached = cache_dir() / f"{argument.lstrip('-')}-{digest}.txt"
     try:
-        text = cached.read_text("utf-8")
+        return cached.read_text("utf-8")
     except OSError:
-        text = _run_help(path, dict(env))
-        _store(cached, text)
-    specs = parse_help(text)
-    if len(specs) < _MIN_FLAGS:
-        raise HelpUnreadableError(f"its --help lists only {len(specs)} flags")
-    return FlagTable(specs, authoritative=True, source=f"{path} --help")
-
-
-def _run_help(path: str, env: dict[str, str]) -> str:
+        pass  # not asked yet
     try:
         result = subprocess.run(
-            [path, "--help"],
+            [path, argument],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             env=child_environment(os.environ, env),
@@ -73,10 +91,12 @@ def _run_help(path: str, env: dict[str, str]) -> str:
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as error:
-        raise HelpUnreadableError(f"running --help failed: {error}") from error
-    text = result.stdout.decode("utf-8", "replace")
-    if len(parse_help(text)) < _MIN_FLAGS:
-        raise HelpUnreadableError(f"--help exited with {result.returncode} and listed too few flags")
+        log.info("running %s %s failed: %s", path, argument, error)
+        return None
+    text = (result.stdout + result.stderr).decode("utf-8", "replace")
+    if not accept(text):
+        return None
+    _store(cached, text)
     return text
 
 

@@ -1,4 +1,4 @@
-"""Pool policy: a sidecar's states, which child to evict, idle TTLs, crash loops, health verdicts.
+"""Pool policy: a sidecar's states, which children are idle, idle TTLs, crash loops, health verdicts.
 
 Pure functions over small views of the pool, so the rules are tested without
 processes, sockets or clocks.
@@ -57,6 +57,7 @@ class Occupant:
     last_used: float  # trio clock
     waiting: int = 0  # requests queued for it to become ready
     idle_ttl_s: float = 0.0  # stop it after this long idle; 0 = never
+    pinned: bool = False  # never stopped for room or idleness
 
 
 def evictable(occupant: Occupant) -> bool:
@@ -68,16 +69,8 @@ def evictable(occupant: Occupant) -> bool:
     return occupant.state is State.READY and occupant.in_flight == 0 and occupant.waiting == 0
 
 
-def choose_victim(occupants: Iterable[Occupant]) -> str | None:
-    """The least recently used evictable child, or None if every child is busy or loading."""
-    candidates = [o for o in occupants if evictable(o)]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda o: (o.last_used, o.key)).key
-
-
 def _expires(occupant: Occupant) -> bool:
-    return occupant.idle_ttl_s > 0 and evictable(occupant)
+    return occupant.idle_ttl_s > 0 and evictable(occupant) and not occupant.pinned
 
 
 def expired(occupants: Iterable[Occupant], now: float) -> list[str]:

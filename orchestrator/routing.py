@@ -9,12 +9,13 @@ flags) are identical get the same key and so share one child.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator import flags as flagmod
-from orchestrator.config import Config, ModelConfig, file_identity
+from orchestrator.config import Config, ModelConfig, Placement, file_identity
 from orchestrator.errors import FlagError, UnknownModelError
 from orchestrator.flags import Flag, FlagTable
 
@@ -46,9 +47,11 @@ class SidecarSpec:
     model: str
     model_path: str
     binary: LlamaServerBinary
-    inherited: tuple[Flag, ...]  # from base_args, minus whatever the model or agent sets
+    inherited: tuple[Flag, ...]  # supervisor defaults and base_args, minus what the model or agent sets
     explicit: tuple[Flag, ...]  # the model's, the agent's and the request's own flags
     idle_ttl_s: float
+    placement: Placement = field(default_factory=Placement)
+    extra_argv: tuple[str, ...] = ()  # for this start only, not part of the key (see pool: learning)
 
     def argv(self, port: int) -> list[str]:
         # Explicit flags go last: llama.cpp's last-wins parsing lets them win anyway.
@@ -59,7 +62,16 @@ class SidecarSpec:
             "--host", CHILD_HOST,
             "--port", str(port),
             *flagmod.render(self.explicit),
+            *self.extra_argv,
         ]  # fmt: skip
+
+    @property
+    def flags(self) -> tuple[Flag, ...]:
+        """Every flag the child runs with, canonical."""
+        return flagmod.canonicalise((*self.inherited, *self.explicit))
+
+    def sets(self, name: str) -> bool:
+        return any(flag.name == name for flag in self.flags)
 
 
 @dataclass(frozen=True)
@@ -69,13 +81,14 @@ class Route:
     name: str
     kind: str  # "agent", "model" or "alias"
     model: ModelConfig
-    layers: tuple[tuple[Flag, ...], ...]  # base_args, model flags, agent flags
+    layers: tuple[tuple[Flag, ...], ...]  # supervisor defaults, base_args, model flags, agent flags
     binary: LlamaServerBinary
     idle_ttl_s: float
     allow_request_flags: bool
     # The model's and the binary's identity, taken when the config was loaded: a replaced
     # file gets a new key on the next reload (and no file is read per request).
     identity: str
+    placement: Placement = field(default_factory=Placement)
 
     def spec(self, request_flags: Sequence[Flag] = ()) -> SidecarSpec:
         """The child for this route, with ``request_flags`` as the most explicit layer."""
@@ -84,8 +97,27 @@ class Route:
         explicit = flagmod.canonicalise(flag for layer in merged[1:] for flag in layer)
         key = flagmod.sidecar_key(self.identity, flagmod.canonicalise((*inherited, *explicit)))
         return SidecarSpec(
-            key, self.model.name, self.model.path, self.binary, inherited, explicit, self.idle_ttl_s
+            key,
+            self.model.name,
+            self.model.path,
+            self.binary,
+            inherited,
+            explicit,
+            self.idle_ttl_s,
+            self.placement,
         )
+
+
+def supervisor_defaults(config: Config, table: FlagTable | None) -> tuple[Flag, ...]:
+    """Flags every child gets unless its own flags set them (where its binary knows them).
+
+    ``--fit off``: a child must not size itself to the memory free when it starts (it would
+    take what its siblings need; the pool plans memory instead). ``--cache-ram``: the prompt
+    cache a child grows into is capped, and counted against the host budget.
+    """
+    wanted = (Flag.of("--fit", "off"), Flag.of("--cache-ram", str(config.pool.prompt_cache_mib)))
+    known = table if table is not None and table.authoritative else None
+    return tuple(flag for flag in wanted if known is None or known.lookup(flag.name) is not None)
 
 
 class RouteTable:
@@ -99,19 +131,21 @@ class RouteTable:
     ) -> None:
         self.config = config
         self._flag_tables = flag_tables or {}
-        base = config.llama_server.base_args
         ttl = config.pool.idle_ttl_s
         routes: dict[str, Route] = {}
         for model in config.models.values():
-            binary = binaries[config.bin_for(model)]
+            setting = config.bin_for(model)
+            binary = binaries[setting]
             model_ttl = ttl if model.ttl_s is None else model.ttl_s
             identity = f"{model.identity}|{binary.identity}"
-            layers = (base, model.flags)
-            allow = model.allow_request_flags
-            route = Route(model.name, "model", model, layers, binary, model_ttl, allow, identity)
-            routes[model.name] = route
-            for alias in model.aliases:
-                routes[alias] = Route(alias, "alias", model, layers, binary, model_ttl, allow, identity)
+            inherited = (
+                *supervisor_defaults(config, self._flag_tables.get(setting)),
+                *config.llama_server.base_args,
+            )
+            layers = (inherited, model.flags)
+            allow, placement = model.allow_request_flags, model.placement
+            for name, kind in ((model.name, "model"), *((alias, "alias") for alias in model.aliases)):
+                routes[name] = Route(name, kind, model, layers, binary, model_ttl, allow, identity, placement)
         for agent in config.agents.values():
             parent = routes[agent.model]
             routes[agent.name] = Route(
@@ -123,9 +157,26 @@ class RouteTable:
                 parent.idle_ttl_s,
                 agent.allow_request_flags,
                 parent.identity,
+                agent.placement or parent.placement,
             )
         self._routes: Mapping[str, Route] = routes
-        self._specs = {name: route.spec() for name, route in routes.items()}  # the per-request fast path
+        specs = {name: route.spec() for name, route in routes.items()}
+        # Names that share a child share its placement: pinned if any is, the highest priority.
+        by_key: dict[str, list[Placement]] = {}
+        for name, spec in specs.items():
+            by_key.setdefault(spec.key, []).append(routes[name].placement)
+        shared = {
+            key: Placement(
+                pin=any(p.pin for p in placements),
+                priority=max(p.priority for p in placements),
+                preload=any(p.preload for p in placements),
+            )
+            for key, placements in by_key.items()
+        }
+        # The per-request fast path: one spec per name, resolved once.
+        self._specs = {
+            name: dataclasses.replace(spec, placement=shared[spec.key]) for name, spec in specs.items()
+        }
 
     def route(self, name: str) -> Route:
         found = self._routes.get(name)
@@ -146,6 +197,26 @@ class RouteTable:
 
     def routes(self) -> list[Route]:
         return list(self._routes.values())
+
+    def binary_knows(self, binary: LlamaServerBinary, flag: str) -> bool:
+        """Whether ``binary`` declares ``flag`` (by its learned table; assumed when it is unknown)."""
+        tables = [
+            t for s, t in self._flag_tables.items() if self._binary_of(s) == binary.path and t.authoritative
+        ]
+        return all(table.lookup(flag) is not None for table in tables)
+
+    def _binary_of(self, setting: str | None) -> str | None:
+        return next(
+            (r.binary.path for r in self._routes.values() if self.config.bin_for(r.model) == setting), None
+        )
+
+    def started_at_boot(self) -> list[SidecarSpec]:
+        """One spec per child that is pinned or preloaded, to start when the daemon does."""
+        chosen: dict[str, SidecarSpec] = {}
+        for spec in self._specs.values():
+            if spec.placement.pin or spec.placement.preload:
+                chosen.setdefault(spec.key, spec)
+        return list(chosen.values())
 
     def key_of(self, name: str) -> str:
         return self._specs[name].key

@@ -19,14 +19,15 @@ import hypercorn.trio
 import trio
 
 from orchestrator.auth import AccessRules, exposure_problem
-from orchestrator.errors import ConfigError, ListenError, leaf_exceptions
+from orchestrator.errors import ConfigError, ListenError, OrchestratorError, leaf_exceptions
 from orchestrator.http.app import create_app
 from orchestrator.http.connections import sever_connections
-from orchestrator.routing import RouteTable
+from orchestrator.routing import RouteTable, SidecarSpec
 from orchestrator.sdnotify import Notifier
+from orchestrator.supervisor.memory import STORE_NAME, LearnedStore, MemoryPlanner
 from orchestrator.supervisor.pool import Pool
 from orchestrator.supervisor.stats import StatsSampler
-from orchestrator.supervisor.watchdog import Watchdog, own_state_file
+from orchestrator.supervisor.watchdog import Watchdog, own_state_file, state_dir
 
 log = logging.getLogger("orchestrator")
 # hypercorn's own messages: its errors, through our handlers, without its INFO "Running on ...".
@@ -68,6 +69,7 @@ class Daemon:
         self._reloading = trio.Lock()  # SIGHUP and POST /api/reload take turns
         self._stopping_at_once = False  # a second signal came
         self._url = ""  # where it serves, once it does
+        self._nursery: trio.Nursery | None = None
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
@@ -75,10 +77,13 @@ class Daemon:
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``request_shutdown``; started() with the base URL once listening."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             await nursery.start(self._notifier.run)
             watchdog = Watchdog(own_state_file())
             await nursery.start(watchdog.run)
-            pool = self.pool = Pool(self.routes, watchdog)
+            memory = MemoryPlanner(self.routes.config, LearnedStore(state_dir() / STORE_NAME))
+            await trio.to_thread.run_sync(memory.discover, self.routes)
+            pool = self.pool = Pool(self.routes, watchdog, memory=memory)
             await nursery.start(pool.run)
             stats = StatsSampler(pool)
             await nursery.start(stats.run)
@@ -100,6 +105,7 @@ class Daemon:
                 log.info("serving on %s with llama-server %s", binds[0], ", ".join(binaries))
                 server.start_soon(self._cut_stuck_connections, int(binds[0].rsplit(":", 1)[1]), served)
                 self._url = binds[0]
+                nursery.start_soon(self._start_at_boot, pool, self.routes)
                 self._notifier.ready(self._status_line(pool))
                 nursery.start_soon(self._report_status, pool)
                 task_status.started(binds[0])
@@ -158,12 +164,15 @@ class Daemon:
         assert self.pool is not None
         routes = await trio.to_thread.run_sync(self._load_routes)  # ConfigError: nothing changes
         self._check_exposure(routes)
+        await trio.to_thread.run_sync(self.pool.memory.discover, routes)
         if (routes.config.server.host, routes.config.server.port) != (
             self.config.server.host,
             self.config.server.port,
         ):
             log.warning("reload: server.host and server.port only change on a restart")
         kept, stopping = self.pool.apply(routes)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._start_at_boot, self.pool, routes)  # newly pinned or preloaded ones
         self.routes, self.config = routes, routes.config
         log.info(
             "reloaded %s: kept %d sidecar(s), stopping %d", routes.config.source, len(kept), len(stopping)
@@ -180,6 +189,21 @@ class Daemon:
         await self._shutdown.wait()
         self._notifier.stopping()
         pool.close_feeds()  # websocket feeds never end on their own; hypercorn's drain would wait for them
+
+    @staticmethod
+    async def _start_at_boot(pool: Pool, routes: RouteTable) -> None:
+        """Start the pinned and preloaded children (in the background: serving does not wait)."""
+
+        async def start(spec: SidecarSpec) -> None:
+            try:
+                await pool.preload(spec)
+            except OrchestratorError as error:
+                log.error("could not start %s at boot: %s", spec.model, error)
+
+        async with trio.open_nursery() as starting:
+            for spec in routes.started_at_boot():
+                if pool.get(spec.key) is None:
+                    starting.start_soon(start, spec)
 
     def _status_line(self, pool: Pool) -> str:
         return f"serving on {self._url}; {pool.summary_line()}"

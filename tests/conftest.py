@@ -22,6 +22,7 @@ from orchestrator.errors import BinaryNotFoundError
 from orchestrator.flaghelp import CACHE_DIR_ENV, load_flag_table
 from orchestrator.routing import LlamaServerBinary, RouteTable
 from orchestrator.runtime import Daemon
+from orchestrator.supervisor.memory import LEARNING_ARGV
 from orchestrator.supervisor.watchdog import STATE_DIR_ENV
 
 FAKE_SERVER = Path(__file__).parent / "fakes" / "fake_llama_server.py"
@@ -163,6 +164,11 @@ async def poll_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 10
     with trio.fail_after(timeout_s):
         while not await check():  # noqa: ASYNC110 - the state polled has no trio event to wait on
             await trio.sleep(0.02)
+
+
+def own_argv(argv: list[str]) -> list[str]:
+    """A child's command line without the --verbosity 4 of a first start (which the learned state decides)."""
+    return argv[: -len(LEARNING_ARGV)] if tuple(argv[-len(LEARNING_ARGV) :]) == LEARNING_ARGV else argv
 
 
 def free_port() -> int:

@@ -79,11 +79,13 @@ async def test_ps_and_evict_against_a_running_daemon(
             "RESTARTS",
             "UP",
             "IDLE",
+            "MEMORY",
             "AGENTS",
         ]
         assert out[1].split()[1:3] == ["m", "ready"]
         assert sorted(out[1].split()[-1].split(",")) == ["coder", "m"]
-        assert out[-1] == "1/2 sidecars, 0 evictions"
+        assert out[-1] == "1 sidecars, 0 evictions"  # no count cap: memory decides
+        assert out[1].split()[-2].startswith("Host:")  # what it counts against the host budget
 
         assert await trio.to_thread.run_sync(partial(main, ["evict", "--url", url, "coder"])) == 0  # an agent
         assert capsys.readouterr().out.startswith("stopped ")
@@ -217,7 +219,7 @@ async def test_events_prints_the_snapshot_and_follows(
     config = make_config(tmp_path, {"m": {"path": fake_model()}})
     async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient() as client:
         assert await trio.to_thread.run_sync(partial(main, ["events", "--url", url])) == 0
-        assert capsys.readouterr().out == "0/2 sidecars: none\n"
+        assert capsys.readouterr().out == "0 sidecars: none\n"
         printed = Printed(capsys)
 
         async with trio.open_nursery() as nursery:

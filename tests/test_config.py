@@ -72,7 +72,7 @@ def test_every_problem_is_reported_with_file_and_key(tmp_path: Path, model_file:
 [server]
 port = "eighty"
 [pool]
-max_sidecars = 0
+max_sidecars = -1
 colour = "blue"
 [models.a]
 path = "missing.gguf"
@@ -90,7 +90,7 @@ model = "nope"
     text = str(raised.value)
     source = str(tmp_path / "bad.toml")
     assert f"{source}: server.port: expected a port 0-65535, got 'eighty'" in text
-    assert "pool.max_sidecars: expected an integer >= 1, got 0" in text
+    assert "pool.max_sidecars: expected an integer >= 0, got -1" in text
     assert "pool.colour: unknown key; expected one of" in text
     assert "models.a.path: file not found" in text
     assert "models.b.flags: --port is set by the supervisor" in text

@@ -14,20 +14,12 @@ def occupant(
     return Occupant(key, state, in_flight, last_used, idle_ttl_s=ttl)
 
 
-def test_victim_is_the_least_recently_used_idle_ready_child() -> None:
-    assert policy.choose_victim([occupant("a", 5), occupant("b", 1), occupant("c", 3)]) == "b"
-    busy_or_loading = [
-        occupant("a", 1, in_flight=1),
-        occupant("b", 0, state=State.STARTING),
-        occupant("c", 0, state=State.STOPPING),
-        occupant("d", 9),
-    ]
-    assert policy.choose_victim(busy_or_loading) == "d"
-    assert (
-        policy.choose_victim([occupant("a", 1, in_flight=2), occupant("b", 1, state=State.STARTING)]) is None
-    )
-    just_ready = Occupant("a", State.READY, in_flight=0, last_used=0, waiting=1)
-    assert policy.choose_victim([just_ready, occupant("b", 5)]) == "b"  # its waiters get it first
+def test_only_a_ready_child_nobody_uses_or_waits_for_is_idle() -> None:
+    assert policy.evictable(occupant("a", 5))
+    assert not policy.evictable(occupant("a", 1, in_flight=1))
+    assert not policy.evictable(occupant("b", 0, state=State.STARTING))
+    assert not policy.evictable(occupant("c", 0, state=State.STOPPING))
+    assert not policy.evictable(Occupant("a", State.READY, in_flight=0, last_used=0, waiting=1))
 
 
 def test_idle_ttl_expiry_per_child() -> None:
@@ -35,6 +27,8 @@ def test_idle_ttl_expiry_per_child() -> None:
     assert policy.expired(pool, now=10) == ["a"]
     assert policy.next_expiry(pool) == 10
     assert policy.next_expiry([occupant("busy", 0, in_flight=1, ttl=10)]) is None
+    pinned = Occupant("pinned", State.READY, 0, 0, idle_ttl_s=10, pinned=True)
+    assert policy.expired([pinned], now=100) == [] and policy.next_expiry([pinned]) is None
     never = [occupant("forever", 0, ttl=0), occupant("short", 5, ttl=1)]
     assert policy.expired(never, now=1000) == ["short"]  # a TTL of 0 means never
     assert policy.next_expiry(never) == 6

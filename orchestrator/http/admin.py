@@ -60,6 +60,31 @@ class PoolView:
             "daemon": self.stats.latest["daemon"],
         }
 
+    def memory(self) -> dict[str, Any]:
+        """Budgets and use per device, each child's share, and the last admission decision."""
+        planner = self.pool.memory
+        budgets, totals = planner.budgets(), planner.totals()
+        children: dict[str, list[dict[str, Any]]] = {device: [] for device in budgets}
+        for entry in self.pool.describe():
+            for device, mib in (entry["memory"] or {}).get("counted_mib", {}).items():
+                children.setdefault(device, []).append(
+                    {"key": entry["key"], "model": entry["model"], "mib": mib}
+                )
+        return {
+            "devices": [
+                {
+                    "device": device,
+                    "total_mib": round(totals.get(device, 0) / MiB),
+                    "budget_mib": round(budget / MiB),
+                    "used_mib": sum(child["mib"] for child in children[device]),
+                    "children": children[device],
+                }
+                for device, budget in budgets.items()
+            ],
+            "max_sidecars": self.routes.config.pool.max_sidecars,
+            "last_decision": planner.last_decision,
+        }
+
     def configured(self) -> list[dict[str, Any]]:
         return [
             {
@@ -145,6 +170,10 @@ def _register_api(app: QuartTrio, view: PoolView, reload: Reloader) -> None:
         sidecar = await pool.preload(view.routes.resolve(name))
         return {"loaded": name, "sidecar": pool.describe_one(sidecar)}
 
+    @app.get("/api/memory")
+    async def get_memory() -> dict[str, Any]:
+        return view.memory()
+
     @app.get("/api/stats")
     async def get_stats() -> dict[str, Any]:
         return {"pool": view.summary(), "sidecars": view.stats.latest["sidecars"]}
@@ -202,6 +231,7 @@ def _register_feeds(app: QuartTrio, view: PoolView) -> None:
                 "sidecars": view.sidecars(),
                 "pool": view.summary(),
                 "routes": view.configured(),
+                "memory": view.memory(),
             }
             await websocket.send(json.dumps(snapshot))
             async for item in subscription:
@@ -212,6 +242,7 @@ def _register_feeds(app: QuartTrio, view: PoolView) -> None:
 
 
 # The dashboard's files are package data (orchestrator.web, from web/ in the source tree).
+MiB = 1 << 20
 _WEB_SUFFIXES = frozenset({".html", ".js", ".css", ".svg", ".png"})
 
 

@@ -16,21 +16,29 @@ clock.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import trio
 
-from orchestrator import policy
+from orchestrator import admission, policy
 from orchestrator.config import LlamaServerSettings, PoolSettings
-from orchestrator.errors import BackoffError, CapacityError, OverloadedError, SpawnError
+from orchestrator.errors import (
+    BackoffError,
+    CapacityError,
+    InsufficientMemoryError,
+    OverloadedError,
+    SpawnError,
+)
+from orchestrator.footprint import Footprint
 from orchestrator.policy import CrashHistory, Failure, Occupant, State, StopReason
 from orchestrator.procgroup import child_environment
 from orchestrator.routing import CHILD_HOST, RouteTable, SidecarSpec
@@ -41,6 +49,7 @@ from orchestrator.supervisor.events import (
     Outcome,
     PoolEvent,
     Published,
+    Ready,
     RequestFinished,
     RequestStarted,
     SidecarEvent,
@@ -50,6 +59,7 @@ from orchestrator.supervisor.events import (
 )
 from orchestrator.supervisor.fanout import FanOut
 from orchestrator.supervisor.logtail import LogFeed
+from orchestrator.supervisor.memory import LEARNING_ARGV, MemoryPlanner, Need
 from orchestrator.supervisor.sidecar import Sidecar
 from orchestrator.supervisor.upstream import Upstream
 
@@ -66,6 +76,7 @@ class SidecarLike(Protocol):
     port: int | None
     stderr: LogFeed
     outcome: Outcome | None
+    measured: Footprint | None  # what it said it uses (llama-server's accounting), once ready
 
     @property
     def key(self) -> str: ...
@@ -85,6 +96,10 @@ class SidecarLike(Protocol):
 
 # Makes the sidecar for a spec; it reports its life through the callback it is given.
 SidecarFactory = Callable[[SidecarSpec, int, Callable[[SidecarEvent], None]], SidecarLike]
+
+
+def _sizes(devices: Mapping[str, int]) -> str:
+    return ", ".join(f"{device} {admission.human(amount)}" for device, amount in devices.items())
 
 
 def port_is_free(port: int) -> bool:
@@ -107,8 +122,9 @@ class ChildGuard(Protocol):
 class _Tenancy:
     """The pool's bookkeeping about one live sidecar: its leases and the requests waiting for it."""
 
-    def __init__(self, sidecar: SidecarLike) -> None:
+    def __init__(self, sidecar: SidecarLike, need: Need) -> None:
         self.sidecar = sidecar
+        self.need = need  # what admission counts it for
         self.in_flight = 0
         self.waiting = 0  # requests waiting for it: to become ready, or for a free slot
         self.last_used = trio.current_time()
@@ -117,7 +133,10 @@ class _Tenancy:
 
     def occupant(self) -> Occupant:
         s = self.sidecar
-        return Occupant(s.key, s.state, self.in_flight, self.last_used, self.waiting, s.spec.idle_ttl_s)
+        pinned = s.spec.placement.pin
+        return Occupant(
+            s.key, s.state, self.in_flight, self.last_used, self.waiting, s.spec.idle_ttl_s, pinned
+        )
 
 
 class Pool:
@@ -128,8 +147,10 @@ class Pool:
         routes: RouteTable,
         guard: ChildGuard | None = None,
         sidecar_factory: SidecarFactory | None = None,
+        memory: MemoryPlanner | None = None,
     ) -> None:
         self.routes = routes
+        self.memory = memory or MemoryPlanner(routes.config)
         self._guard = guard
         self._make_sidecar = sidecar_factory or self._real_sidecar
         self.evictions = 0
@@ -233,30 +254,70 @@ class Pool:
             )
 
     async def _make_room(self, spec: SidecarSpec, deadline: float) -> _Tenancy | None:
-        """Wait until the pool has room for one more child, evicting the LRU idle one.
+        """Wait until ``spec``'s child fits the memory budgets and the count cap (see admission).
 
-        Returns the tenancy of a sidecar for ``spec`` if another request spawned one meanwhile.
+        Stops idle children to make room; waits (bounded) while busy ones hold it;
+        refuses at once what can never fit. Returns the tenancy of a sidecar for
+        ``spec`` if another request spawned one meanwhile.
         """
-        while len(self._live) >= self._pool_settings.max_sidecars:
-            victim_key = policy.choose_victim(t.occupant() for t in self._live.values())
-            if victim_key is not None:
-                victim = self._live[victim_key]
-                self._stop_soon(victim, StopReason.LRU, "least recently used, and the pool is full")
-                await victim.sidecar.wait_exited()
-            else:
-                with trio.move_on_at(deadline):
-                    await self._changed.wait()
-                if trio.current_time() >= deadline:
-                    wait = self._pool_settings.capacity_wait_s
-                    raise CapacityError(
-                        f"all {self._pool_settings.max_sidecars} sidecars are busy or loading; "
-                        f"waited {wait:g} s (pool.capacity_wait_s) for one to become idle",
-                        retry_after_s=max(1, math.ceil(wait / 4)),
-                    )
+        need = self.memory.need(spec)
+        while True:
             existing = self._live.get(spec.key)
             if existing is not None:
                 return existing
-        return None
+            decision = admission.plan(
+                need.devices, self._residents(), self.memory.budgets(), self._pool_settings.max_sidecars
+            )
+            self.memory.last_decision = {
+                "at": time.time(),
+                "model": spec.model,
+                "key": spec.key,
+                "decision": type(decision).__name__.lower(),
+                "reason": decision.reason,
+                **need.to_json(),
+            }
+            if isinstance(decision, admission.Admit):
+                return None
+            if isinstance(decision, admission.NeverFits):
+                raise InsufficientMemoryError(
+                    f"{spec.model} cannot start: {decision.reason}. Its need ({need.source}): "
+                    f"{_sizes(need.devices)}; budgets: {_sizes(self.memory.budgets())} "
+                    "(pool.memory_budget, pool.gpu_memory_budget, pool.max_sidecars)"
+                )
+            if isinstance(decision, admission.Evict):
+                victims = [self._live[key] for key in decision.victims]
+                for victim in victims:
+                    self._stop_soon(
+                        victim, StopReason.LRU, f"to make room for {spec.model}: {decision.reason}"
+                    )
+                for victim in victims:
+                    await victim.sidecar.wait_exited()
+                continue
+            with trio.move_on_at(deadline):
+                await self._changed.wait()
+            if trio.current_time() >= deadline:
+                wait = self._pool_settings.capacity_wait_s
+                raise CapacityError(
+                    f"{spec.model} waited {wait:g} s (pool.capacity_wait_s) for room: {decision.reason}",
+                    retry_after_s=max(1, math.ceil(wait / 4)),
+                )
+
+    def _residents(self) -> list[admission.Resident]:
+        residents = []
+        for tenancy in self._live.values():
+            occupant = tenancy.occupant()
+            placement = tenancy.sidecar.spec.placement
+            residents.append(
+                admission.Resident(
+                    occupant.key,
+                    self.memory.current(occupant.key, tenancy.need),
+                    policy.evictable(occupant),
+                    placement.pin,
+                    placement.priority,
+                    occupant.last_used,
+                )
+            )
+        return residents
 
     # -- crash loops ---------------------------------------------------------
 
@@ -293,8 +354,11 @@ class Pool:
         assert self._nursery is not None, "Pool.run() is not running"
         restarts = self._spawns.get(spec.key, 0)
         self._spawns[spec.key] = restarts + 1
+        need = self.memory.need(spec)
+        if self.memory.should_learn(spec, self.routes.binary_knows(spec.binary, "--verbosity")):
+            spec = dataclasses.replace(spec, extra_argv=LEARNING_ARGV)  # its accounting, this start only
         sidecar = self._make_sidecar(spec, restarts, self._on_sidecar_event)
-        tenancy = self._live[spec.key] = _Tenancy(sidecar)
+        tenancy = self._live[spec.key] = _Tenancy(sidecar, need)
         self._publish(sidecar, Spawned, restarts=restarts)
         self._nursery.start_soon(self._own, tenancy)
         return tenancy
@@ -423,6 +487,8 @@ class Pool:
         sidecar = None if tenancy is None else tenancy.sidecar
         if isinstance(event, Starting) and self._guard is not None:
             self._guard.register(event.pid)
+        elif isinstance(event, Ready) and tenancy is not None:
+            self._learn(tenancy)
         elif isinstance(event, Unhealthy) and sidecar is not None:
             # The sidecar kills itself; for the pool that is an eviction.
             self._count_eviction(sidecar, StopReason.UNHEALTHY, event.detail)
@@ -433,6 +499,13 @@ class Pool:
         if sidecar is not None and self.events:
             self.events.publish(Published(event, self.describe_one(sidecar)))
         self._notify()
+
+    def _learn(self, tenancy: _Tenancy) -> None:
+        sidecar = tenancy.sidecar
+        if self.memory.record(sidecar.spec, sidecar.measured, sidecar.pid):
+            tenancy.need = self.memory.need(sidecar.spec)
+            assert self._nursery is not None
+            self._nursery.start_soon(self.memory.save)
 
     def _gone(self, tenancy: _Tenancy) -> None:
         """A sidecar exited: forget it, and remember a failure for the crash-loop rule."""
@@ -508,7 +581,18 @@ class Pool:
                 "waiting": tenancy.waiting,
                 "last_used": time.time() - idle_for,
             }
-        return {**sidecar.describe(), **leases, "agents": self.routes.users(sidecar.key)}
+        memory = (
+            None
+            if tenancy is None
+            else {
+                **tenancy.need.to_json(),
+                "counted_mib": {
+                    d: round(v / admission.MiB)
+                    for d, v in self.memory.current(sidecar.key, tenancy.need).items()
+                },
+            }
+        )
+        return {**sidecar.describe(), **leases, "memory": memory, "agents": self.routes.users(sidecar.key)}
 
     def describe(self) -> list[dict[str, Any]]:
         return [self.describe_one(tenancy.sidecar) for tenancy in self._live.values()]

@@ -29,6 +29,7 @@ import trio
 from orchestrator import policy, procgroup
 from orchestrator.config import LlamaServerSettings
 from orchestrator.errors import SpawnError, UpstreamError
+from orchestrator.footprint import Footprint, parse_breakdown
 from orchestrator.policy import State, StopReason
 from orchestrator.routing import CHILD_HOST, SidecarSpec
 from orchestrator.supervisor import logtail
@@ -60,6 +61,8 @@ PIPE_EOF_GRACE_S = 2.0  # after the group is killed, the pipes must close within
 DEFAULT_SLOTS = 4  # llama-server's default --parallel
 _READY_HINT = re.compile(r"model loaded|listening on")
 _BIND_FAILED = "couldn't bind HTTP server socket"
+_ACCOUNTING = "memory_breakdown_print"  # llama-server's memory table, at --verbosity 4
+ACCOUNTING_LINES = 64  # of it kept (a header and a row per device)
 
 
 class Sidecar(Lifecycle):
@@ -86,6 +89,8 @@ class Sidecar(Lifecycle):
         self.slots = DEFAULT_SLOTS  # how many requests the child serves at once (from its /props)
         self.stderr = logtail.LogFeed(TAIL_LINES)
         self.outcome: Outcome | None = None  # set once, when it has exited
+        self.measured: Footprint | None = None  # its own memory accounting (at -lv 4), once ready
+        self._accounting: list[str] = []  # those lines, as they come while it loads
         self._exit_code: int | None = None
         self._failure: SpawnError | None = None  # why it could not start
         self._env = dict(env)
@@ -247,6 +252,7 @@ class Sidecar(Lifecycle):
     async def _serve_until_unhealthy(self, task_status: trio.TaskStatus[None]) -> None:
         """Mark the child ready, tell whoever started us, then watch its health."""
         self.slots = await self._read_slots()
+        self.measured = parse_breakdown(self._accounting)
         if self._state is State.STARTING:  # else it was taken out of service meanwhile
             self._move(State.READY)
         self.ready_at = time.time()
@@ -295,6 +301,8 @@ class Sidecar(Lifecycle):
         self.stderr.append(text)
         child_log.info("%s %s", self.label, text)
         if self._state is State.STARTING:
+            if _ACCOUNTING in text and len(self._accounting) < ACCOUNTING_LINES:
+                self._accounting.append(text)
             if _READY_HINT.search(text):
                 self._hint.set()
             if _BIND_FAILED in text:

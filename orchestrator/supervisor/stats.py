@@ -16,6 +16,8 @@ from typing import Any
 import psutil
 import trio
 
+from orchestrator.devices import gpu_memory_by_pid
+from orchestrator.footprint import HOST
 from orchestrator.policy import State
 from orchestrator.supervisor.events import Stats
 from orchestrator.supervisor.pool import Pool
@@ -48,6 +50,10 @@ class StatsSampler:
                 if s.pid is not None and s.state is not State.EXITED
             }
             self.latest = await trio.to_thread.run_sync(self._sample, pids)
+            gpus = await trio.to_thread.run_sync(gpu_memory_by_pid)
+            for key, usage in self.latest["sidecars"].items():  # the prompt cache grows: re-measured
+                self._pool.memory.observe(key, {HOST: usage["rss_bytes"], **gpus.get(pids[key], {})})
+            self._pool.memory.forget(pids)
             self._pool.publish(Stats(ts=time.time(), **self.latest))
             await trio.sleep(self._interval_s)
 

@@ -17,6 +17,11 @@ JSON object:
     token_delay_s       pause between streamed tokens
     sigterm_waits_s     on SIGTERM, wait up to this long for clients to close their
                         connections first, as llama-server does, and say if any stayed open
+    breakdown           {"Host": [model, context, compute], "CUDA0": [...]} in MiB: printed as
+                        llama-server's memory accounting while loading, at --verbosity 4
+
+``--list-devices`` lists the devices in ``$FAKE_LLAMA_DEVICES``
+(``CUDA0:24576:24000,CUDA1:...``: name, total MiB, free MiB), else none.
 
 ``--help`` prints the llama-server help shipped in orchestrator/data. Like
 llama-server it binds first, answers 503 while loading, logs "model
@@ -189,10 +194,42 @@ def on_sigterm(_signum: int, _frame: object) -> None:
 HELP = os.path.join(os.path.dirname(__file__), "..", "..", "orchestrator", "data", "llama-server-help.txt")
 
 
+def devices() -> list[tuple[str, int, int]]:
+    """(name, total MiB, free MiB) of the fake GPUs."""
+    found = []
+    for entry in filter(None, os.environ.get("FAKE_LLAMA_DEVICES", "").split(",")):
+        name, total, free = entry.split(":")
+        found.append((name, int(total), int(free)))
+    return found
+
+
+def print_breakdown(breakdown: dict[str, list[int]]) -> None:
+    """The accounting llama-server prints while loading at --verbosity 4, in its format."""
+    prefix = "common_memory_breakdown_print: |"
+    columns = "total   free    self   model   context   compute    unaccounted"
+    log(f"{prefix} memory breakdown [MiB] | {columns} |")
+    totals = {name: (total, free) for name, total, free in devices()}
+    for device, (model, context, compute) in breakdown.items():
+        own = f"{model + context + compute:6} = {model:6} + {context:6} + {compute:6}"
+        if device in totals:
+            total, free = totals[device]
+            left = max(0, free - model - context - compute)
+            log(f"{prefix}   - {device} (Fake GPU)     | {total:6} = {left:6} + ({own}) + {0:6} |")
+        else:
+            log(f"{prefix}   - {device:<18} |                {own}          |")
+
+
 def main(argv: list[str]) -> int:
     if argv == ["--help"]:  # answer like the llama-server whose help we ship
         with open(HELP) as file:
             sys.stdout.write(file.read())
+        return 0
+    if argv == ["--list-devices"]:
+        print("Available devices:")
+        for name, total, free in devices() or []:
+            print(f"  {name}: Fake GPU ({total} MiB, {free} MiB free)")
+        if not devices():
+            print("  (none)")
         return 0
     options: dict[str, str] = {}
     for index, token in enumerate(argv):
@@ -225,6 +262,9 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     log(f"load_model: loading model '{options['--model']}'")
     time.sleep(float(behaviour.get("load_s", 0)))
+    verbosity = next((argv[i + 1] for i, t in enumerate(argv[:-1]) if t in ("--verbosity", "-lv")), "3")
+    if "breakdown" in behaviour and int(verbosity) >= 4:
+        print_breakdown(behaviour["breakdown"])
     if behaviour.get("exit_during_load") is not None:
         log("fake: failed to load model")
         return int(behaviour["exit_during_load"])

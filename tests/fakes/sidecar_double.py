@@ -22,6 +22,7 @@ import trio
 
 from orchestrator.errors import SpawnError
 from orchestrator.flags import builtin_table
+from orchestrator.footprint import Footprint
 from orchestrator.policy import State, StopReason
 from orchestrator.routing import LlamaServerBinary, RouteTable, SidecarSpec
 from orchestrator.supervisor.events import (
@@ -68,6 +69,7 @@ class SidecarDouble(Lifecycle):
         self.port: int | None = None
         self.stderr = LogFeed(100)
         self.outcome: Outcome | None = None
+        self.measured: Footprint | None = None
         self.ready_at: float | None = None  # trio time
         self._behaviour = behaviour
         self._on_event = on_event

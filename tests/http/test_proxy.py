@@ -17,7 +17,15 @@ import trio
 
 from orchestrator.routing import LlamaServerBinary
 from orchestrator.runtime import Daemon
-from tests.conftest import make_config, pid_alive, poll_until, routes_for, running_daemon, wait_until
+from tests.conftest import (
+    make_config,
+    own_argv,
+    pid_alive,
+    poll_until,
+    routes_for,
+    running_daemon,
+    wait_until,
+)
 
 CHAT = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0}
 
@@ -93,7 +101,7 @@ async def test_real_agents_share_a_child_when_flags_match_and_not_otherwise(
         shared = await sidecars(client, url)
         assert len(shared) == 1
         assert sorted(shared[0]["agents"]) == ["coder", "reviewer"]
-        assert shared[0]["argv"][-2:] == ["--ctx-size", "1024"]  # the agent's flag won over the model's
+        assert own_argv(shared[0]["argv"])[-2:] == ["--ctx-size", "1024"]  # the agent won over the model
 
         response = await chat(client, url, "writer")
         assert response.status_code == 200, response.text
@@ -375,7 +383,7 @@ async def test_per_request_flags_select_their_own_sidecar(
         assert len(children) == 2  # the header spelled the same flags: the same child
         argvs = sorted((child["argv"] for child in children), key=len)
         assert "8192" not in argvs[0] and "4096" in argvs[0]
-        assert argvs[1][-4:] == ["--ctx-size", "8192", "--flash-attn", "on"]
+        assert own_argv(argvs[1])[-4:] == ["--ctx-size", "8192", "--flash-attn", "on"]
         assert "4096" not in argvs[1]  # the request's explicit -c replaced the inherited one
 
         refused = await client.post(

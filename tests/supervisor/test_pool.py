@@ -79,9 +79,10 @@ async def test_a_full_pool_stops_the_least_recently_used_idle_child(
         await hold(pool, "c", 1)
         assert sorted(s.spec.model for s in pool.sidecars()) == ["a", "c"]
         [b] = factory.of("b")
-        assert b.state is State.EXITED and b.outcome == Stopped(
-            StopReason.LRU, "least recently used, and the pool is full", 0, b.outcome.uptime_s
-        )
+        assert b.state is State.EXITED and isinstance(b.outcome, Stopped)
+        assert b.outcome.reason is StopReason.LRU
+        assert b.outcome.detail.startswith("to make room for c: stopping 1 idle child(ren)")
+        assert "sidecars: 1 short" in b.outcome.detail  # the count cap, here
         assert pool.evictions == 1
 
 
@@ -96,7 +97,7 @@ async def test_a_busy_child_is_never_evicted_the_request_waits_then_gets_503(
         with pytest.raises(CapacityError) as refused:
             await hold(pool, "b", 1)
         assert trio.current_time() == 25.0  # waited exactly capacity_wait_s
-        assert "busy or loading; waited 20 s (pool.capacity_wait_s)" in str(refused.value)
+        assert "waited 20 s (pool.capacity_wait_s) for room: busy or loading" in str(refused.value)
         assert refused.value.retry_after_s == 5
         assert [s.spec.model for s in pool.sidecars()] == ["a"] and factory.of("b") == []
         nursery.cancel_scope.cancel()
@@ -366,7 +367,7 @@ async def test_request_racing_the_eviction_of_its_child_waits_for_a_fresh_one(
             nursery.start_soon(use, "a")  # a is stopping: must wait for a fresh one
         assert sorted(served) == ["a", "b"]
         [final] = pool.sidecars()
-        assert final.spec == spec_a and final is not first_a and final.restarts == 1
+        assert final.key == spec_a.key and final is not first_a and final.restarts == 1
         assert spec_b.key not in [s.key for s in pool.sidecars()]
 
 
