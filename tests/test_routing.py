@@ -35,7 +35,7 @@ def test_argv_layout_base_then_owned_then_explicit(tmp_path: Path, model_path: s
     spec = table(config).resolve("coder")
     assert spec.argv(41000) == [
         "/opt/llama/llama-server",
-        "--cache-ram", "1024", "--fit", "off",  # the supervisor's defaults, which any layer may override
+        "--cache-ram", "1024",  # the supervisor's default, which any layer may override
         "--threads", "2",
         "--model", model_path,
         "--host", "127.0.0.1",
@@ -58,10 +58,7 @@ def test_supervisor_defaults_give_way_to_any_flag_that_sets_them(tmp_path: Path,
         "--fit": ("on",),
     }
     plain = make_config(tmp_path, {"m": {"path": model_path}}, pool={"prompt_cache_mib": 256})
-    assert {f.name: f.values for f in table(plain).resolve("m").inherited} == {
-        "--cache-ram": ("256",),
-        "--fit": ("off",),
-    }
+    assert {f.name: f.values for f in table(plain).resolve("m").inherited} == {"--cache-ram": ("256",)}
 
 
 def test_same_effective_flags_share_a_key_and_users_are_listed(tmp_path: Path, model_path: str) -> None:

@@ -82,7 +82,7 @@ class PoolView:
                 for device, budget in budgets.items()
             ],
             "max_sidecars": self.routes.config.pool.max_sidecars,
-            "last_decision": planner.last_decision,
+            "decisions": list(planner.decisions),  # the latest last
         }
 
     def configured(self) -> list[dict[str, Any]]:

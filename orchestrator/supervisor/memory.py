@@ -6,7 +6,7 @@ the prompt cache cap, the output buffer, the process). "Self" is the figure
 learned from the child's own accounting the last time this (model, flags, binary)
 ran, else the estimate from its GGUF header and flags (footprint.estimate), else
 the model file's size. The first start of a key runs llama-server with
-``--verbosity 4`` so that it prints that accounting; what it says is kept on
+``--verbosity 4`` so that it prints that accounting (see start_argv); what it says is kept on
 disk (``footprints.json`` next to the state files) and every later start of the
 key uses it. While a child runs, the stats sampler's measurement of its
 process tree (and nvidia-smi's, where there is one) counts when it is larger.
@@ -18,7 +18,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ log = logging.getLogger("orchestrator.supervisor.memory")
 
 LEARNING_ARGV = ("--verbosity", "4")  # llama-server prints its memory accounting at this level
 STORE_NAME = "footprints.json"
+DECISIONS_KEPT = 20  # the latest admission decisions, for /api/memory
 
 
 def _mib(devices: Mapping[str, int]) -> dict[str, int]:
@@ -154,7 +156,7 @@ class MemoryPlanner:
     config: Config
     store: LearnedStore = field(default_factory=lambda: LearnedStore(None))
     host_total: int = field(default_factory=lambda: int(psutil.virtual_memory().total))
-    last_decision: dict[str, Any] | None = None
+    decisions: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=DECISIONS_KEPT))
     _devices: dict[str, list[Device]] = field(default_factory=dict)  # by binary path
     _facts: dict[str, ModelFacts | None] = field(default_factory=dict)  # by model file identity
     _current: dict[str, dict[str, int]] = field(default_factory=dict)  # by key: measured now
@@ -239,9 +241,24 @@ class MemoryPlanner:
         for key in [k for k in self._current if k not in alive]:
             del self._current[key]
 
-    def should_learn(self, spec: SidecarSpec, binary_knows_verbosity: bool) -> bool:
-        """Whether this start should print llama-server's accounting: none learned yet for the key."""
-        return binary_knows_verbosity and self.store.get(spec.key) is None and not spec.sets("--verbosity")
+    def start_argv(self, spec: SidecarSpec, knows: Callable[[str], bool]) -> tuple[str, ...]:
+        """What a start of ``spec`` adds to its command line (``knows``: the binary declares a flag).
+
+        The context size and the GPU layers it would pick are made explicit (the model's trained
+        context, every layer), so that llama.cpp's --fit, which sizes what is left unset to the
+        memory free at the start, cannot take what the pool planned for the other children; it
+        then only projects its use, which it prints at ``--verbosity 4``. That is asked for on
+        a key's first start, to learn it.
+        """
+        extra: list[str] = []
+        facts = self._facts.get(self._identity(spec.model_path))
+        if facts is not None and not spec.sets("--ctx-size") and knows("--ctx-size"):
+            extra += ["--ctx-size", str(facts.n_ctx_train)]
+        if self.gpus(spec.binary) and not spec.sets("--gpu-layers") and knows("--gpu-layers"):
+            extra += ["--gpu-layers", "all"]
+        if self.store.get(spec.key) is None and not spec.sets("--verbosity") and knows("--verbosity"):
+            extra += LEARNING_ARGV
+        return tuple(extra)
 
     def record(self, spec: SidecarSpec, measured: Footprint | None, pid: int | None) -> bool:
         """Keep what a child that just became ready reported about itself; True if there is news."""

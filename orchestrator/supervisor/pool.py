@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, Protocol
 
 import trio
@@ -59,7 +60,7 @@ from orchestrator.supervisor.events import (
 )
 from orchestrator.supervisor.fanout import FanOut
 from orchestrator.supervisor.logtail import LogFeed
-from orchestrator.supervisor.memory import LEARNING_ARGV, MemoryPlanner, Need
+from orchestrator.supervisor.memory import MemoryPlanner, Need
 from orchestrator.supervisor.sidecar import Sidecar
 from orchestrator.supervisor.upstream import Upstream
 
@@ -268,14 +269,16 @@ class Pool:
             decision = admission.plan(
                 need.devices, self._residents(), self.memory.budgets(), self._pool_settings.max_sidecars
             )
-            self.memory.last_decision = {
-                "at": time.time(),
-                "model": spec.model,
-                "key": spec.key,
-                "decision": type(decision).__name__.lower(),
-                "reason": decision.reason,
-                **need.to_json(),
-            }
+            self.memory.decisions.append(
+                {
+                    "at": time.time(),
+                    "model": spec.model,
+                    "key": spec.key,
+                    "decision": type(decision).__name__.lower(),
+                    "reason": decision.reason,
+                    **need.to_json(),
+                }
+            )
             if isinstance(decision, admission.Admit):
                 return None
             if isinstance(decision, admission.NeverFits):
@@ -355,8 +358,8 @@ class Pool:
         restarts = self._spawns.get(spec.key, 0)
         self._spawns[spec.key] = restarts + 1
         need = self.memory.need(spec)
-        if self.memory.should_learn(spec, self.routes.binary_knows(spec.binary, "--verbosity")):
-            spec = dataclasses.replace(spec, extra_argv=LEARNING_ARGV)  # its accounting, this start only
+        extra = self.memory.start_argv(spec, partial(self.routes.binary_knows, spec.binary))
+        spec = dataclasses.replace(spec, extra_argv=extra)  # this start only, not the key
         sidecar = self._make_sidecar(spec, restarts, self._on_sidecar_event)
         tenancy = self._live[spec.key] = _Tenancy(sidecar, need)
         self._publish(sidecar, Spawned, restarts=restarts)

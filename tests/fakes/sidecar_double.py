@@ -37,6 +37,7 @@ from orchestrator.supervisor.events import (
 )
 from orchestrator.supervisor.lifecycle import Lifecycle
 from orchestrator.supervisor.logtail import LogFeed
+from orchestrator.supervisor.memory import MemoryPlanner
 from orchestrator.supervisor.pool import Pool
 from orchestrator.supervisor.upstream import Upstream
 from tests.conftest import make_config
@@ -189,9 +190,11 @@ def double_routes(tmp_path: Path, models: dict[str, dict[str, Any]], **sections:
 
 
 @asynccontextmanager
-async def pool_of_doubles(routes: RouteTable, factory: DoubleFactory) -> AsyncIterator[Pool]:
+async def pool_of_doubles(
+    routes: RouteTable, factory: DoubleFactory, memory: MemoryPlanner | None = None
+) -> AsyncIterator[Pool]:
     async with trio.open_nursery() as nursery:
-        pool = Pool(routes, sidecar_factory=factory)
+        pool = Pool(routes, sidecar_factory=factory, memory=memory)
         await nursery.start(pool.run)
         yield pool
         nursery.cancel_scope.cancel()

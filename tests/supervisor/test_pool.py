@@ -12,16 +12,26 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from orchestrator.admission import GiB
 from orchestrator.config import Config
-from orchestrator.errors import BackoffError, CapacityError, OverloadedError, SpawnError
+from orchestrator.errors import (
+    BackoffError,
+    CapacityError,
+    InsufficientMemoryError,
+    OverloadedError,
+    SpawnError,
+)
+from orchestrator.footprint import HOST, Footprint
 from orchestrator.policy import State, StopReason
-from orchestrator.routing import LlamaServerBinary
+from orchestrator.routing import LlamaServerBinary, RouteTable
 from orchestrator.supervisor.events import Crashed, Exited, FailedToStart, Published, Stopped
+from orchestrator.supervisor.memory import LearnedStore, MemoryPlanner
 from orchestrator.supervisor.pool import Pool
 from tests.conftest import make_config, pid_alive, routes_for, wait_until
 from tests.fakes.sidecar_double import Behaviour, DoubleFactory, double_routes, pool_of_doubles
@@ -391,3 +401,109 @@ async def test_real_crash_loop_fails_fast_with_the_childs_stderr(
         assert "fake: failed to load model" in backing_off.value.stderr_tail
         assert len(outcomes) == 3 and all(isinstance(o, FailedToStart) for o in outcomes)
         assert all(o.exit_code == 9 for o in outcomes)
+
+
+# -- memory, on the mock clock ---------------------------------------------------------------
+
+
+def learned_planner(routes: RouteTable, gib: dict[str, float]) -> MemoryPlanner:
+    """A planner that knows what each model's child uses on the host (as if learned before)."""
+    store = LearnedStore(None)
+    for name, size in gib.items():
+        spec = routes.resolve(name)
+        store.put(spec.key, spec.binary, Footprint({HOST: int(size * GiB)}, source="learned"), None)
+    return MemoryPlanner(routes.config, store, host_total=64 * GiB)
+
+
+def memory_routes(tmp_path: Path, **pool: Any) -> RouteTable:
+    # No prompt cache: a child's host need is what it learned plus the process (32 MiB).
+    return double_routes(
+        tmp_path,
+        {"a": {}, "b": {}, "huge": {}},
+        pool={"memory_budget": "5 GiB", "prompt_cache_mib": 0, **pool},
+    )
+
+
+async def test_memory_that_holds_one_child_but_not_two_stops_the_idle_one(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    routes = memory_routes(tmp_path)
+    factory = DoubleFactory()
+    async with pool_of_doubles(routes, factory, learned_planner(routes, {"a": 3, "b": 3})) as pool:
+        await hold(pool, "a", 1)
+        await hold(pool, "b", 1)
+        [a] = factory.of("a")
+        assert isinstance(a.outcome, Stopped) and "Host: " in a.outcome.detail and "short" in a.outcome.detail
+        assert [s.spec.model for s in pool.sidecars()] == ["b"]
+        evict, admit = list(pool.memory.decisions)[-2:]
+        assert evict["decision"] == "evict" and evict["model"] == "b" and admit["decision"] == "admit"
+        assert evict["source"] == "learned" and evict["need_mib"] == {"Host": 3 * 1024 + 32}
+
+
+async def test_memory_held_by_a_busy_child_is_waited_for_then_given(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    routes = memory_routes(tmp_path, capacity_wait_s=30)
+    factory = DoubleFactory()
+    async with pool_of_doubles(routes, factory, learned_planner(routes, {"a": 3, "b": 3})) as pool:
+        served: list[tuple[str, float]] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hold, pool, "a", 10, served)  # ready at 1, busy until 11
+            await trio.sleep(2)
+            nursery.start_soon(hold, pool, "b", 1, served)
+            await trio.sleep(1)
+            assert pool.memory.decisions[-1]["decision"] == "wait"
+        assert served == [("a", 1.0), ("b", 12.0)]  # a stopped at 11, b loaded in 1 s
+
+
+async def test_memory_held_too_long_ends_in_503(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    routes = memory_routes(tmp_path, capacity_wait_s=5)
+    async with (
+        pool_of_doubles(routes, DoubleFactory(), learned_planner(routes, {"a": 3, "b": 3})) as pool,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(hold, pool, "a", 100)
+        await trio.sleep(2)
+        with pytest.raises(
+            CapacityError, match=r"b waited 5 s \(pool.capacity_wait_s\) for room: busy or loading"
+        ):
+            await hold(pool, "b", 1)
+        assert trio.current_time() == 7.0
+        nursery.cancel_scope.cancel()
+
+
+async def test_what_can_never_fit_is_refused_at_once_and_nobody_is_stopped(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    routes = memory_routes(tmp_path)
+    factory = DoubleFactory()
+    async with pool_of_doubles(routes, factory, learned_planner(routes, {"a": 3, "huge": 8})) as pool:
+        await hold(pool, "a", 1)
+        began = trio.current_time()
+        with pytest.raises(InsufficientMemoryError) as refused:
+            await hold(pool, "huge", 1)
+        assert trio.current_time() == began  # at once
+        message = str(refused.value)
+        assert "huge cannot start: it is larger than the budget even with nothing else running" in message
+        assert "Host: needs 8.0 GiB, budget 5.0 GiB" in message and "(learned)" in message
+        assert factory.of("huge") == [] and [s.spec.model for s in pool.sidecars()] == ["a"]
+
+
+async def test_pinned_children_are_kept_and_low_priority_ones_go_first(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    models = {"pinned": {"pin": True}, "low": {"priority": -1}, "high": {"priority": 5}, "new": {}}
+    routes = double_routes(
+        tmp_path, models, pool={"memory_budget": "9 GiB", "prompt_cache_mib": 0, "idle_ttl_s": 60}
+    )
+    factory = DoubleFactory()
+    planner = learned_planner(routes, {"pinned": 3, "low": 2, "high": 2, "new": 2})
+    async with pool_of_doubles(routes, factory, planner) as pool:
+        for name in ("low", "high", "pinned"):  # low is the least recently used... but its priority decides
+            await hold(pool, name, 1)
+        await hold(pool, "new", 1)
+        assert sorted(s.spec.model for s in pool.sidecars()) == ["high", "new", "pinned"]
+        await trio.sleep(120)  # past the idle TTL
+        assert [s.spec.model for s in pool.sidecars()] == ["pinned"]  # pinned: never for idleness
