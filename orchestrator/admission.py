@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -79,22 +80,26 @@ class Resident:
 
 @dataclass(frozen=True)
 class Admit:
+    kind: ClassVar[str] = "admit"
     reason: str
 
 
 @dataclass(frozen=True)
 class Evict:
+    kind: ClassVar[str] = "evict"
     victims: tuple[str, ...]
     reason: str
 
 
 @dataclass(frozen=True)
 class Wait:
+    kind: ClassVar[str] = "wait"
     reason: str
 
 
 @dataclass(frozen=True)
 class NeverFits:
+    kind: ClassVar[str] = "never_fits"
     reason: str
 
 

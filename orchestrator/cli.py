@@ -33,6 +33,7 @@ from orchestrator.flags import FlagTable
 from orchestrator.routing import LlamaServerBinary, RouteTable
 from orchestrator.runtime import Daemon
 from orchestrator.service.cli import add_service_parser
+from orchestrator.supervisor.memory import MemoryPlanner
 from orchestrator.supervisor.pool import Pool
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -103,6 +104,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = load_config(args.path)
     print(f"{args.path}: ok ({len(config.models)} models, {len(config.agents)} agents)")
+    try:
+        routes = build_routes(config)
+    except OrchestratorError as error:  # no llama-server here: the file itself is still fine
+        print(f"note: memory not checked: {error}", file=sys.stderr)
+        return 0
+    planner = MemoryPlanner(config)
+    planner.discover(routes)
+    for problem in planner.never_fits(routes):
+        print(f"warning: {args.path}: {problem}", file=sys.stderr)
     return 0
 
 

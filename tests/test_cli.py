@@ -29,6 +29,31 @@ def test_config_check_ok_and_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert len(err) == 2 and all(line.startswith(f"error: {tmp_path / 'bad.toml'}: ") for line in err)
 
 
+def test_config_check_warns_about_what_can_never_fit(
+    tmp_path: Path,
+    fake_binary: LlamaServerBinary,
+    demo_model: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("FAKE_LLAMA_DEVICES", "CUDA0:24576:24000")
+    config = tmp_path / "orchestrator.toml"
+    config.write_text(
+        f'[llama_server]\nbin = "{fake_binary.path}"\n'
+        '[pool]\nmemory_budget = "200 MiB"\nprompt_cache_mib = 0\n'
+        '[pool.gpu_memory_budget]\nCUDA0 = "50 MiB"\n'
+        f'[models.small]\npath = "{demo_model}"\nflags = ["-c", "256", "-ngl", "0"]\npin = true\n'
+        f'[models.big]\npath = "{demo_model}"\nflags = ["-c", "65536", "-ngl", "0"]\n'
+        f'[agents.twin]\nmodel = "small"\nflags = ["--temp", "0.1"]\npin = true\n'
+    )
+    assert main(["config", "check", str(config)]) == 0
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith(f"warning: {config}: model 'big' can never start: it is larger than")
+    assert "Host: needs" in warnings[0] and "budget 200.0 MiB" in warnings[0] and "[estimate]" in warnings[0]
+    assert "pinned children together exceed the budget (Host:" in warnings[1]
+
+
 def test_doctor_reports_a_working_binary_and_a_failing_one(
     tmp_path: Path,
     fake_binary: LlamaServerBinary,

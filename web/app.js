@@ -3,7 +3,7 @@
 // beyond the daemon itself.
 
 const MAX_LOG_LINES = 2000;
-const state = { sidecars: new Map(), routes: [], pool: {}, selected: null, logSocket: null };
+const state = { sidecars: new Map(), routes: [], pool: {}, memory: { devices: [] }, selected: null, logSocket: null };
 
 const $ = (id) => document.getElementById(id);
 // With admin keys set, open the dashboard as /?key=KEY: the key goes along with every call.
@@ -51,7 +51,8 @@ async function act(method, path) {
 
 function renderSummary() {
   const sidecars = [...state.sidecars.values()];
-  $("sum-live").textContent = `${sidecars.length}/${state.pool.max_sidecars ?? "?"}`;
+  const cap = state.pool.max_sidecars; // 0: no count limit, memory alone decides
+  $("sum-live").textContent = cap ? `${sidecars.length}/${cap}` : `${sidecars.length}`;
   $("sum-memory").textContent = bytes(state.pool.total_rss_bytes);
   $("sum-inflight").textContent = sidecars.reduce((sum, s) => sum + (s.in_flight ?? 0), 0);
   $("sum-evictions").textContent = state.pool.evictions ?? 0;
@@ -83,7 +84,37 @@ function renderSidecars() {
   }));
   $("no-sidecars").hidden = rows.length > 0;
   renderSummary();
+  renderMemory();
   renderRoutes();
+}
+
+// A stable colour per child, so its share keeps its colour on every device bar.
+const hue = (key) => [...key].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 360, 7);
+const mib = (value) => (value >= 1024 ? `${(value / 1024).toFixed(1)} GiB` : `${value} MiB`);
+
+function renderMemory() {
+  // Budgets and totals come with the snapshot; each child's share from its latest event or stats sample.
+  const sidecars = [...state.sidecars.values()];
+  $("memory").replaceChildren(...state.memory.devices.map((device) => {
+    const scale = Math.max(device.total_mib, device.budget_mib, 1);
+    const shares = sidecars
+      .map((s) => ({ sidecar: s, mib: s.memory?.counted_mib?.[device.device] ?? 0 }))
+      .filter((share) => share.mib > 0);
+    const used = shares.reduce((sum, share) => sum + share.mib, 0);
+    const bar = el("div", { class: "bar", role: "img", "aria-label": `${device.device}: ${used} of ${device.budget_mib} MiB` },
+      ...shares.map(({ sidecar, mib: size }) => el("span", {
+        class: "share",
+        "data-key": sidecar.key,
+        title: `${sidecar.model} (${sidecar.key.slice(0, 8)}): ${mib(size)}, ${sidecar.memory?.source ?? "?"}`,
+        style: `width: ${(100 * size) / scale}%; background: hsl(${hue(sidecar.key)} 60% 55%)`,
+      })),
+      el("span", { class: "budget", title: `budget ${mib(device.budget_mib)}`, style: `left: ${(100 * device.budget_mib) / scale}%` }));
+    return el("div", { class: "device", "data-device": device.device },
+      el("span", { class: "device-name" }, device.device),
+      bar,
+      el("span", { class: "device-use", "data-field": "use" },
+        `${mib(used)} of ${mib(device.budget_mib)} budget (${mib(device.total_mib)} total)`));
+  }));
 }
 
 function renderRoutes() {
@@ -148,11 +179,14 @@ function applyEvent(event) {
     state.sidecars = new Map(event.sidecars.map((s) => [s.key, s]));
     state.routes = event.routes;
     state.pool = event.pool;
+    state.memory = event.memory;
   } else if (event.type === "stats") {
     state.pool.total_rss_bytes = event.total_rss_bytes;
     for (const [key, usage] of Object.entries(event.sidecars)) {
       const sidecar = state.sidecars.get(key);
-      if (sidecar) sidecar.usage = usage;
+      if (!sidecar) continue;
+      sidecar.usage = usage;
+      if (sidecar.memory && usage.counted_mib) sidecar.memory.counted_mib = usage.counted_mib;
     }
   } else if (event.sidecar) {
     if (event.type === "exited") state.sidecars.delete(event.key);

@@ -206,6 +206,33 @@ class MemoryPlanner:
             totals |= {device.name: device.total_bytes for device in devices}
         return totals
 
+    def never_fits(self, routes: RouteTable) -> list[str]:
+        """Why configured children cannot run: one too big on its own, or pinned ones together."""
+        budgets, problems = self.budgets(), []
+        pinned: dict[str, int] = {}  # per device, what pinned children need together
+        pinned_keys: set[str] = set()
+        for route in routes.routes():
+            if route.kind == "alias":
+                continue
+            spec = routes.resolve(route.name)
+            need = self.need(spec)
+            verdict = admission.plan(need.devices, (), budgets)
+            if isinstance(verdict, admission.NeverFits):
+                problems.append(
+                    f"{route.kind} {route.name!r} can never start: {verdict.reason} [{need.source}]"
+                )
+            elif spec.placement.pin and spec.key not in pinned_keys:
+                pinned_keys.add(spec.key)
+                for device, amount in need.devices.items():
+                    pinned[device] = pinned.get(device, 0) + amount
+        over = [d for d, amount in pinned.items() if amount > budgets.get(d, amount)]
+        if over:
+            sizes = "; ".join(
+                f"{d}: {admission.human(pinned[d])}, budget {admission.human(budgets[d])}" for d in over
+            )
+            problems.append(f"the pinned children together exceed the budget ({sizes})")
+        return problems
+
     # -- a child's need -----------------------------------------------------------------------
 
     def need(self, spec: SidecarSpec) -> Need:

@@ -274,7 +274,7 @@ class Pool:
                     "at": time.time(),
                     "model": spec.model,
                     "key": spec.key,
-                    "decision": type(decision).__name__.lower(),
+                    "decision": decision.kind,
                     "reason": decision.reason,
                     **need.to_json(),
                 }
@@ -587,15 +587,16 @@ class Pool:
         memory = (
             None
             if tenancy is None
-            else {
-                **tenancy.need.to_json(),
-                "counted_mib": {
-                    d: round(v / admission.MiB)
-                    for d, v in self.memory.current(sidecar.key, tenancy.need).items()
-                },
-            }
+            else {**tenancy.need.to_json(), "counted_mib": self.counted_mib(sidecar.key)}
         )
         return {**sidecar.describe(), **leases, "memory": memory, "agents": self.routes.users(sidecar.key)}
+
+    def counted_mib(self, key: str) -> dict[str, int] | None:
+        """What a live child counts for against the budgets now, per device (MiB)."""
+        tenancy = self._live.get(key)
+        if tenancy is None:
+            return None
+        return {d: round(v / admission.MiB) for d, v in self.memory.current(key, tenancy.need).items()}
 
     def describe(self) -> list[dict[str, Any]]:
         return [self.describe_one(tenancy.sidecar) for tenancy in self._live.values()]

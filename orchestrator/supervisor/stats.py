@@ -53,6 +53,7 @@ class StatsSampler:
             gpus = await trio.to_thread.run_sync(gpu_memory_by_pid)
             for key, usage in self.latest["sidecars"].items():  # the prompt cache grows: re-measured
                 self._pool.memory.observe(key, {HOST: usage["rss_bytes"], **gpus.get(pids[key], {})})
+                usage["counted_mib"] = self._pool.counted_mib(key)
             self._pool.memory.forget(pids)
             self._pool.publish(Stats(ts=time.time(), **self.latest))
             await trio.sleep(self._interval_s)

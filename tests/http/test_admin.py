@@ -199,6 +199,10 @@ async def test_events_feed_tells_the_life_of_a_sidecar(config: Any, fake_binary:
         assert events[2]["load_s"] > 0 and events[2]["sidecar"]["state"] == "ready"
         assert [e["in_flight"] for e in events[3:]] == [1, 0]
         key = events[0]["key"]
+        memory = events[2]["sidecar"]["memory"]
+        assert memory["counted_mib"]["Host"] >= memory["need_mib"]["Host"] > 0  # per device, against budgets
+        [stats] = [e for e in await receive_until(ws, lambda e: e["type"] == "stats") if e["type"] == "stats"]
+        assert stats["sidecars"][key]["counted_mib"]["Host"] >= memory["need_mib"]["Host"]  # re-measured
         assert (await client.delete(f"{url}/api/sidecars/{key}")).status_code == 200
         ending = [e for e in await receive_until(ws, lambda e: e["type"] == "exited") if e["type"] != "stats"]
         assert [(e["type"], e.get("reason")) for e in ending] == [("evicted", "manual"), ("exited", "manual")]

@@ -47,6 +47,13 @@ def drive(url: str, chromium: str) -> None:
         page.fill("#log-filter", "")
         memory = row.locator("td").nth(10)  # filled in by the periodic stats events
         expect(memory).to_have_text(re.compile(r"\d+(\.\d)? [KMG]?B"), timeout=SLOW_S)
+        host = page.locator('#memory [data-device="Host"]')  # the child's share of the host budget
+        expect(host.locator(".share")).to_have_count(1)
+        expect(host.locator('[data-field="use"]')).to_have_text(
+            re.compile(r"^[\d.]+ [MG]iB of [\d.]+ GiB budget \([\d.]+ GiB total\)$")
+        )
+        share = host.locator(".share").get_attribute("title") or ""
+        assert re.fullmatch(r"smollm2 \(\w{8}\): [\d.]+ [MG]iB, (learned|estimate)", share), share
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
@@ -54,6 +61,7 @@ def drive(url: str, chromium: str) -> None:
         expect(row).to_have_count(0, timeout=SLOW_S)
         expect(log).to_contain_text("exited with code")
         expect(page.locator("#no-sidecars")).to_be_visible()
+        expect(host.locator(".share")).to_have_count(0)
         assert page.evaluate("window.sameDocument") is True  # all of it live, no reload
         browser.close()
 

@@ -93,7 +93,7 @@ async def test_what_children_report_per_device_is_learned_and_used_after_a_resta
         cuda0 = next(device for device in memory["devices"] if device["device"] == "CUDA0")
         assert cuda0["budget_mib"] == 15 * 1024 and cuda0["total_mib"] == 24576
         assert cuda0["children"] == [{"key": gb["key"], "model": "gb", "mib": 10500}]
-        assert memory["decisions"][-1]["decision"] == "neverfits"
+        assert memory["decisions"][-1]["decision"] == "never_fits"
         assert [s["model"] for s in (await client.get(f"{url}/api/sidecars")).json()["sidecars"]] == ["gb"]
 
 
