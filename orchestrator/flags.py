@@ -192,7 +192,7 @@ OWNED_FLAGS = frozenset(
         "--hf-token", "--hf-repo-draft", "--spec-draft-hf", "--hf-repo-v", "--hf-file-v", "--alias",
         "--api-key", "--api-key-file", "--ssl-key-file", "--ssl-cert-file", "--path", "--api-prefix",
         "--reuse-port", "--log-file", "--log-disable", "--help", "--usage", "--version",
-        "--list-devices", "--cache-list", "--completion-bash",
+        "--list-devices", "--cache-list", "--completion-bash", "--metrics",
     }
 )  # fmt: skip
 OWNED_PREFIXES = ("--models-", "--no-models-", "--ssl-", "--api-key", "--hf-")
@@ -331,8 +331,8 @@ class _Parser:
         name = spec.name if spec else _spelling(spelling)
         if is_owned(name):
             self.problems.append(
-                f"{spelling} is set by the supervisor (host, port, model, aliases, API keys, TLS, logging "
-                "and print-and-exit flags are owned); remove it"
+                f"{spelling} is set by the supervisor (host, port, model, aliases, API keys, TLS, logging, "
+                "metrics and print-and-exit flags are owned); remove it"
             )
             self.skip_values(spec)
             return

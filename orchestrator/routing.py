@@ -61,6 +61,7 @@ class SidecarSpec:
             "--model", self.model_path,
             "--host", CHILD_HOST,
             "--port", str(port),
+            "--metrics",  # its llamacpp:* series, merged into the daemon's /metrics
             *flagmod.render(self.explicit),
             *self.extra_argv,
         ]  # fmt: skip

@@ -25,6 +25,7 @@ from orchestrator.http.connections import sever_connections
 from orchestrator.routing import RouteTable, SidecarSpec
 from orchestrator.sdnotify import Notifier
 from orchestrator.supervisor.memory import STORE_NAME, LearnedStore, MemoryPlanner
+from orchestrator.supervisor.metrics import PoolMetrics
 from orchestrator.supervisor.pool import Pool
 from orchestrator.supervisor.stats import StatsSampler
 from orchestrator.supervisor.watchdog import Watchdog, own_state_file, state_dir
@@ -84,6 +85,7 @@ class Daemon:
             memory = MemoryPlanner(self.routes.config, LearnedStore(state_dir() / STORE_NAME))
             await trio.to_thread.run_sync(memory.discover, self.routes)
             pool = self.pool = Pool(self.routes, watchdog, memory=memory)
+            metrics = PoolMetrics(pool)  # before anything starts: every spawn is counted
             await nursery.start(pool.run)
             stats = StatsSampler(pool)
             await nursery.start(stats.run)
@@ -93,7 +95,7 @@ class Daemon:
             server_config.graceful_timeout = self.config.server.shutdown_grace_s
             server_config.accesslog = None
             server_config.errorlog = _server_log  # our format; its "Running on" line repeats ours
-            app = create_app(pool, stats, self.reload)
+            app = create_app(pool, stats, metrics, self.reload)
             async with trio.open_nursery() as server:
                 served = trio.Event()
                 try:

@@ -150,8 +150,8 @@ def test_flags_check_prints_canonical_flags_or_every_problem(
     )
     err = capsys.readouterr().err.splitlines()
     assert err == [
-        "error: --port is set by the supervisor (host, port, model, aliases, API keys, TLS, logging and "
-        "print-and-exit flags are owned); remove it",
+        "error: --port is set by the supervisor (host, port, model, aliases, API keys, TLS, logging, "
+        "metrics and print-and-exit flags are owned); remove it",
         "error: -c: expected an integer, got 'x'",
         "error: --ctx-sise is not a flag of this llama-server; did you mean --ctx-size?",
     ]

@@ -55,7 +55,7 @@ def test_unreadable_help_falls_back_to_the_builtin_table(tmp_path: pytest.TempPa
         (["-fa", "-1"], [Flag.of("--flash-attn", "auto")]),
         (["-ngl", "-1"], [Flag.of("--gpu-layers", "-1")]),  # a negative number is a value
         (["--n-gpu-layers", "all"], [Flag.of("--gpu-layers", "all")]),
-        (["--jinja", "--metrics"], [Flag.of("--jinja"), Flag.of("--metrics")]),
+        (["--jinja", "--no-warmup"], [Flag.of("--jinja"), Flag.of("--no-warmup")]),
         (["--spec-type", "draft-mtp,ngram-simple"], [Flag.of("--spec-type", "draft-mtp,ngram-simple")]),
         (
             ["-ctk", "q8_0", "-ctv", "f16"],

@@ -40,6 +40,7 @@ def test_argv_layout_base_then_owned_then_explicit(tmp_path: Path, model_path: s
         "--model", model_path,
         "--host", "127.0.0.1",
         "--port", "41000",
+        "--metrics",  # owned: its series are merged into the daemon's /metrics
         "--ctx-size", "8192",
         "--flash-attn", "on",
     ]  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Response, has_request_context, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -14,13 +15,14 @@ from orchestrator.http.exchange import ExchangeEnd
 from orchestrator.http.gate import AccessGate
 from orchestrator.http.openai_errors import error_response, response_for
 from orchestrator.http.proxy import register_openai_routes
+from orchestrator.supervisor.metrics import PoolMetrics
 from orchestrator.supervisor.pool import Pool
 from orchestrator.supervisor.stats import StatsSampler
 
 log = logging.getLogger("orchestrator.http.app")
 
 
-def create_app(pool: Pool, stats: StatsSampler, reload: Reloader) -> QuartTrio:
+def create_app(pool: Pool, stats: StatsSampler, metrics: PoolMetrics, reload: Reloader) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
     # Model responses can take minutes; these limits would cut them silently.
     app.config["RESPONSE_TIMEOUT"] = None
@@ -65,4 +67,9 @@ def create_app(pool: Pool, stats: StatsSampler, reload: Reloader) -> QuartTrio:
 
     register_openai_routes(app, pool)
     register_admin_routes(app, pool, stats, reload)
+
+    @app.get("/metrics")
+    async def get_metrics() -> Response:
+        return Response(await metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+
     return app

@@ -19,9 +19,11 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.datastructures import Headers
 
-from orchestrator.errors import FlagError, UpstreamError, UpstreamTimeoutError
+from orchestrator.errors import FlagError, OrchestratorError, UpstreamError
 from orchestrator.http.exchange import request_resources
+from orchestrator.http.metering import RequestMeter
 from orchestrator.http.openai_errors import error_response
+from orchestrator.routing import SidecarSpec
 from orchestrator.supervisor.pool import Pool
 from orchestrator.supervisor.upstream import UpstreamResponse
 
@@ -36,17 +38,18 @@ _DROPPED_RESPONSE_HEADERS = frozenset(
 )  # fmt: skip
 
 
-async def _relay(upstream: UpstreamResponse) -> AsyncIterator[bytes]:
+async def _relay(upstream: UpstreamResponse, meter: RequestMeter) -> AsyncIterator[bytes]:
     """The child's body, chunk by chunk; an SSE stream that breaks ends with an error event."""
     try:
         async with aclosing(upstream.chunks()) as chunks:  # closed at once when the client leaves
             async for chunk in chunks:
+                meter.seen(chunk)
                 yield chunk
     except UpstreamError as failure:
         log.warning("%s", failure)
+        meter.failed(failure.http.status, failure.http.code)
         if upstream.header("content-type").startswith("text/event-stream"):
-            code = "sidecar_timeout" if isinstance(failure, UpstreamTimeoutError) else "sidecar_failed"
-            event = {"error": {"message": str(failure), "type": "server_error", "code": code}}
+            event = {"error": {"message": str(failure), "type": "server_error", "code": failure.http.code}}
             yield f"data: {json.dumps(event)}\n\n".encode()
 
 
@@ -75,6 +78,11 @@ def request_flag_tokens(body: dict[str, Any], header: str | None) -> list[str]:
         raise FlagError([f"{REQUEST_FLAGS_HEADER} is not valid shell quoting: {error}"]) from error
 
 
+def _model_of(pool: Pool, asked: str) -> str | None:
+    """The configured model a known name routes to (for a refused request's labels)."""
+    return pool.routes.route(asked).model.name if asked else None
+
+
 def register_openai_routes(app: QuartTrio, pool: Pool) -> None:
     """POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models.
 
@@ -82,6 +90,22 @@ def register_openai_routes(app: QuartTrio, pool: Pool) -> None:
     """
 
     async def forward() -> Response:
+        meter = RequestMeter(request.path)
+        leased: list[SidecarSpec] = []  # the spec, once a child is leased (its lease reports then)
+        try:
+            return await answer(meter, leased)
+        except OrchestratorError as error:
+            meter.failed(error.http.status, error.http.code)
+            if not leased:
+                pool.refused(_model_of(pool, meter.asked), meter.figures())
+            raise
+
+    def refuse(meter: RequestMeter, message: str, code: str) -> Response:
+        meter.failed(400, code)
+        pool.refused(None, meter.figures())
+        return error_response(400, message, "invalid_request_error", code)
+
+    async def answer(meter: RequestMeter, leased: list[SidecarSpec]) -> Response:
         routes = pool.routes
         idle_timeout = routes.config.llama_server.upstream_idle_timeout_s
         raw = await request.get_data(cache=False)
@@ -89,26 +113,24 @@ def register_openai_routes(app: QuartTrio, pool: Pool) -> None:
         try:
             body = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-            return error_response(
-                400, f"the request body is not valid JSON: {error}", "invalid_request_error", "invalid_json"
-            )
+            return refuse(meter, f"the request body is not valid JSON: {error}", "invalid_json")
         if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
-            return error_response(
-                400,
+            return refuse(
+                meter,
                 "the request body must be a JSON object with a non-empty string field 'model' "
                 "(an agent, model or alias name; see GET /v1/models)",
-                "invalid_request_error",
                 "missing_model",
             )
-        spec = routes.resolve(
-            body["model"], request_flag_tokens(body, request.headers.get(REQUEST_FLAGS_HEADER))
-        )
+        name = body["model"]
+        spec = routes.resolve(name, request_flag_tokens(body, request.headers.get(REQUEST_FLAGS_HEADER)))
+        meter.asked = name
         if REQUEST_FLAGS_FIELD in body:  # ours, not llama-server's
             raw = json.dumps(
                 {name: value for name, value in body.items() if name != REQUEST_FLAGS_FIELD}
             ).encode()
         resources = request_resources()
-        sidecar = await resources.enter_async_context(pool.lease(spec))
+        sidecar = await resources.enter_async_context(pool.lease(spec, meter.figures))
+        leased.append(spec)
         forwarded = [
             ("content-type", request.headers.get("content-type", "application/json")),
             ("accept", request.headers.get("accept", "*/*")),
@@ -117,12 +139,13 @@ def register_openai_routes(app: QuartTrio, pool: Pool) -> None:
         # The idle timeout is the longest silence allowed: before the headers and between chunks.
         upstream = await sidecar.upstream.request("POST", request.path, forwarded, raw, idle_timeout)
         resources.callback(upstream.close)
+        meter.answered(upstream.status, upstream.header("content-type"))
         headers = Headers(
             (name, value)  # h11 gives names in lower case
             for name, value in upstream.headers
             if name not in _DROPPED_RESPONSE_HEADERS and not name.startswith("access-control-")
         )
-        return Response(_relay(upstream), status=upstream.status, headers=headers)
+        return Response(_relay(upstream, meter), status=upstream.status, headers=headers)
 
     for path in OPENAI_ROUTES:
         app.add_url_rule(path, endpoint=path, view_func=forward, methods=["POST"])

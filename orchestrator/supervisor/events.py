@@ -155,6 +155,24 @@ class Exited(SidecarEvent):
 
 
 @dataclass(frozen=True)
+class RequestFigures:
+    """One proxied request as its client saw it: what it asked for, how it ended, how fast."""
+
+    asked: str  # the agent, model or alias named in the body ("" when it named none we know)
+    route: str  # /v1/chat/completions, ...
+    status: int
+    duration_s: float
+    ttft_s: float | None = None  # to the first byte of the answer's body
+    prompt_tokens: int | None = None
+    generated_tokens: int | None = None
+    tokens_per_s: float | None = None  # generation only, the child's own figure
+    code: str | None = None  # the error code, when we refused it ourselves
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class _RequestEvent(SidecarEvent):
     kind: ClassVar[str] = "request"
     phase: ClassVar[str]
@@ -173,9 +191,43 @@ class RequestStarted(_RequestEvent):
 
 @dataclass(frozen=True)
 class RequestFinished(_RequestEvent):
-    """A request's lease ended; ``in_flight`` no longer counts it."""
+    """A request's lease ended; ``in_flight`` no longer counts it. ``figures``: none for a preload."""
 
     phase: ClassVar[str] = "finished"
+    figures: RequestFigures | None = None
+
+    def details(self) -> dict[str, Any]:
+        figures = None if self.figures is None else self.figures.to_json()
+        return {**super().details(), "figures": figures}
+
+
+@dataclass(frozen=True)
+class RequestRefused:
+    """A request the daemon answered itself, with no child (unknown model, full queue, backoff...)."""
+
+    kind: ClassVar[str] = "request"
+    model: str | None  # the configured model it would have gone to, if its name was known
+    ts: float
+    figures: RequestFigures
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "phase": "refused",
+            "key": None,
+            "model": self.model,
+            "ts": self.ts,
+            "figures": self.figures.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class BackingOff(SidecarEvent):
+    """Its model failed ``failures`` times within the crash-loop window: no new child for ``for_s``."""
+
+    kind: ClassVar[str] = "backoff"
+    failures: int
+    for_s: float
 
 
 @dataclass(frozen=True)
@@ -210,7 +262,7 @@ class Stats:
         }
 
 
-PoolEvent = SidecarEvent | Stats
+PoolEvent = SidecarEvent | Stats | RequestRefused
 
 
 @dataclass(frozen=True)

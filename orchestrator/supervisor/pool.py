@@ -44,6 +44,7 @@ from orchestrator.policy import CrashHistory, Failure, Occupant, State, StopReas
 from orchestrator.procgroup import child_environment
 from orchestrator.routing import CHILD_HOST, RouteTable, SidecarSpec
 from orchestrator.supervisor.events import (
+    BackingOff,
     Evicted,
     Exited,
     FailedToStart,
@@ -51,7 +52,9 @@ from orchestrator.supervisor.events import (
     PoolEvent,
     Published,
     Ready,
+    RequestFigures,
     RequestFinished,
+    RequestRefused,
     RequestStarted,
     SidecarEvent,
     Spawned,
@@ -156,6 +159,8 @@ class Pool:
         self._make_sidecar = sidecar_factory or self._real_sidecar
         self.evictions = 0
         self.events: FanOut[Published] = FanOut()
+        # Called with every event, synchronously and before the feeds (metrics: nothing may be lost).
+        self.observers: list[Callable[[PoolEvent], None]] = []
         self._live: dict[str, _Tenancy] = {}
         self._spawns: dict[str, int] = {}  # per key; forgotten with its crash history (see _forget)
         self._crashes = CrashHistory(routes.config.pool.crash_loop)
@@ -182,8 +187,14 @@ class Pool:
     # -- leases ------------------------------------------------------------
 
     @asynccontextmanager
-    async def lease(self, spec: SidecarSpec) -> AsyncIterator[SidecarLike]:
-        """A ready sidecar for ``spec``, counted in flight until the block ends."""
+    async def lease(
+        self, spec: SidecarSpec, figures: Callable[[], RequestFigures] | None = None
+    ) -> AsyncIterator[SidecarLike]:
+        """A ready sidecar for ``spec``, counted in flight until the block ends.
+
+        ``figures`` (a request's, not a preload's) is asked for how the request went when the
+        lease ends, and goes with its RequestFinished event.
+        """
         tenancy = await self._acquire(spec)
         sidecar = tenancy.sidecar
         self._publish(sidecar, RequestStarted, in_flight=tenancy.in_flight)
@@ -194,8 +205,13 @@ class Pool:
             tenancy.last_used = trio.current_time()
             if tenancy.in_flight == 0:
                 tenancy.idle.set()
-            self._publish(sidecar, RequestFinished, in_flight=tenancy.in_flight)
+            finished = None if figures is None else figures()
+            self._publish(sidecar, RequestFinished, in_flight=tenancy.in_flight, figures=finished)
             self._notify()
+
+    def refused(self, model: str | None, figures: RequestFigures) -> None:
+        """A request answered without a child (an error of ours): for the metrics and the feeds."""
+        self.publish(RequestRefused(model=model, ts=time.time(), figures=figures))
 
     async def preload(self, spec: SidecarSpec) -> SidecarLike:
         """Make sure a child for ``spec`` is running (spawning it if needed), without a request."""
@@ -499,8 +515,8 @@ class Pool:
             if self._guard is not None and tenancy.sidecar.pid is not None:
                 self._guard.unregister(tenancy.sidecar.pid)
             self._gone(tenancy)
-        if sidecar is not None and self.events:
-            self.events.publish(Published(event, self.describe_one(sidecar)))
+        if sidecar is not None:
+            self._emit(event, sidecar)
         self._notify()
 
     def _learn(self, tenancy: _Tenancy) -> None:
@@ -519,7 +535,12 @@ class Pool:
         outcome = tenancy.sidecar.outcome
         failure = None if outcome is None else outcome.failure()
         if failure is not None:
-            self._crashes.record(key, Failure(trio.current_time(), failure.reason, failure.stderr_tail))
+            now = trio.current_time()
+            self._crashes.record(key, Failure(now, failure.reason, failure.stderr_tail))
+            backoff = self._crashes.backoff(key, now)
+            if backoff is not None:
+                for_s = backoff.until - now
+                self._publish(tenancy.sidecar, BackingOff, failures=backoff.failures, for_s=for_s)
         self._forget()
         self._notify()
 
@@ -534,15 +555,18 @@ class Pool:
         return {self.routes.key_of(route.name) for route in self.routes.routes()}
 
     def _publish(self, sidecar: SidecarLike, event: type[SidecarEvent], **details: Any) -> None:
-        if not self.events:
-            return  # nobody listens: skip describing the sidecar (twice per request otherwise)
-        made = event(key=sidecar.key, model=sidecar.spec.model, ts=time.time(), **details)
-        self.events.publish(Published(made, self.describe_one(sidecar)))
+        if self.observers or self.events:
+            self._emit(event(key=sidecar.key, model=sidecar.spec.model, ts=time.time(), **details), sidecar)
+
+    def _emit(self, event: PoolEvent, sidecar: SidecarLike | None) -> None:
+        for observe in self.observers:
+            observe(event)
+        if self.events:  # the sidecar is described only for listeners (twice per request otherwise)
+            self.events.publish(Published(event, None if sidecar is None else self.describe_one(sidecar)))
 
     def publish(self, event: PoolEvent) -> None:
-        """Send an event that concerns no one sidecar (a stats sample) to the feeds."""
-        if self.events:
-            self.events.publish(Published(event))
+        """Send an event that concerns no one sidecar (a stats sample, a refusal) on."""
+        self._emit(event, None)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -591,12 +615,14 @@ class Pool:
         )
         return {**sidecar.describe(), **leases, "memory": memory, "agents": self.routes.users(sidecar.key)}
 
-    def counted_mib(self, key: str) -> dict[str, int] | None:
-        """What a live child counts for against the budgets now, per device (MiB)."""
+    def counted_bytes(self, key: str) -> dict[str, int] | None:
+        """What a live child counts for against the budgets now, per device."""
         tenancy = self._live.get(key)
-        if tenancy is None:
-            return None
-        return {d: round(v / admission.MiB) for d, v in self.memory.current(key, tenancy.need).items()}
+        return None if tenancy is None else self.memory.current(key, tenancy.need)
+
+    def counted_mib(self, key: str) -> dict[str, int] | None:
+        counted = self.counted_bytes(key)
+        return None if counted is None else {d: round(v / admission.MiB) for d, v in counted.items()}
 
     def describe(self) -> list[dict[str, Any]]:
         return [self.describe_one(tenancy.sidecar) for tenancy in self._live.values()]

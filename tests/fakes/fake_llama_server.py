@@ -19,13 +19,15 @@ JSON object:
                         connections first, as llama-server does, and say if any stayed open
     breakdown           {"Host": [model, context, compute], "CUDA0": [...]} in MiB: printed as
                         llama-server's memory accounting while loading, at --verbosity 4
+    metrics_delay_s     wait this long before answering GET /metrics
 
 ``--list-devices`` lists the devices in ``$FAKE_LLAMA_DEVICES``
 (``CUDA0:24576:24000,CUDA1:...``: name, total MiB, free MiB), else none.
 
 ``--help`` prints the llama-server help shipped in orchestrator/data. Like
 llama-server it binds first, answers 503 while loading, logs "model
-loaded" and "listening on" when ready, and fails with "couldn't bind HTTP
+loaded" and "listening on" when ready, ends a stream with an event carrying
+``timings``, serves ``llamacpp:*`` series on /metrics (with ``--metrics``), and fails with "couldn't bind HTTP
 server socket" when the port is taken. ``POST /fake/control`` with
 ``{"health": "ok" | "error" | "hang"}`` changes what /health does from then on;
 ``{"flood": N, "batch": B, "pause_s": P, "first": F}`` prints N 1 KB stderr lines
@@ -55,6 +57,8 @@ class State:
     ready = threading.Event()
     health = "ok"
     requests = 0
+    prompt_tokens = 0
+    generated_tokens = 0
     open_connections = 0  # client connections not yet closed (kept-alive ones included)
 
 
@@ -87,6 +91,24 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(
                 503, {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
             )
+        elif self.path == "/metrics" and "--metrics" in sys.argv:
+            time.sleep(float(State.behaviour.get("metrics_delay_s", 0)))
+            body = (
+                "# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.\n"
+                "# TYPE llamacpp:prompt_tokens_total counter\n"
+                f"llamacpp:prompt_tokens_total {State.prompt_tokens}\n"
+                "# HELP llamacpp:tokens_predicted_total Number of generation tokens processed.\n"
+                "# TYPE llamacpp:tokens_predicted_total counter\n"
+                f"llamacpp:tokens_predicted_total {State.generated_tokens}\n"
+                "# HELP llamacpp:requests_processing Number of requests processing.\n"
+                "# TYPE llamacpp:requests_processing gauge\n"
+                "llamacpp:requests_processing 0\n"
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif self.path == "/props":
             self.send_json(200, {"total_slots": int(State.behaviour.get("slots", 4))})
         elif self.path == "/health":
@@ -123,6 +145,8 @@ class Handler(BaseHTTPRequestHandler):
             log("fake: crashing mid-request")
             os._exit(4)
         tokens = [f"tok{i} " for i in range(int(State.behaviour.get("tokens", 4)))]
+        State.prompt_tokens += 3
+        State.generated_tokens += len(tokens)
         if self.path == "/v1/embeddings":
             self.send_json(
                 200,
@@ -163,6 +187,13 @@ class Handler(BaseHTTPRequestHandler):
             }
             self.write_chunk(f"data: {json.dumps(chunk)}\n\n".encode())
             time.sleep(float(State.behaviour.get("token_delay_s", 0)))
+        timings = {"cache_n": 1, "prompt_n": 2, "predicted_n": len(tokens), "predicted_per_second": 50.0}
+        final = {
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {}}],
+            "timings": timings,
+        }
+        self.write_chunk(f"data: {json.dumps(final)}\n\n".encode())
         self.write_chunk(b"data: [DONE]\n\n")
         self.write_chunk(b"")
 

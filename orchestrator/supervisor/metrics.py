@@ -1,0 +1,255 @@
+"""Prometheus metrics of the pool and its requests, and each child's own ``llamacpp:*`` series.
+
+Counters and histograms count the pool's typed events (an observer of the
+pool: called for every event, so nothing is lost to a slow feed); gauges are
+read off the pool when scraped. Each child runs with ``--metrics``; a scrape
+asks every ready child for its series at once, bounded in time, and merges
+them in with ``model`` and ``key`` labels, so one target covers the machine.
+A child that does not answer in time is left out of that scrape and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+
+import trio
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from orchestrator.errors import UpstreamError
+from orchestrator.policy import State
+from orchestrator.supervisor.events import (
+    BackingOff,
+    Evicted,
+    Exited,
+    PoolEvent,
+    Ready,
+    RequestFigures,
+    RequestFinished,
+    RequestRefused,
+    Spawned,
+)
+from orchestrator.supervisor.pool import Pool, SidecarLike
+
+log = logging.getLogger("orchestrator.supervisor.metrics")
+
+PREFIX = "llama_sidecar"
+# From a cached one-token answer (milliseconds) to a long generation on a CPU (minutes).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+RATE_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200, 300, 500, 1000, 2000)
+CHILD_SCRAPE_TIMEOUT_S = 2.0
+
+
+class PoolMetrics:
+    """The daemon's metrics registry, fed by ``pool``'s events."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self.registry = CollectorRegistry()
+        r = self.registry
+        request_labels = ("model", "agent", "route")
+        self.requests = Counter(
+            f"{PREFIX}_requests",
+            "Requests on the OpenAI routes, by outcome",
+            (*request_labels, "code"),
+            registry=r,
+        )
+        self.duration = Histogram(
+            f"{PREFIX}_request_duration_seconds", "Whole request, to the last byte of the answer",
+            request_labels, buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            f"{PREFIX}_time_to_first_token_seconds", "Request start to the first byte of the answer's body",
+            request_labels, buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.prompt_tokens = Counter(
+            f"{PREFIX}_prompt_tokens", "Prompt tokens of answered requests (the child's count)",
+            ("model", "agent"), registry=r,
+        )  # fmt: skip
+        self.generated_tokens = Counter(
+            f"{PREFIX}_generated_tokens", "Generated tokens of answered requests (the child's count)",
+            ("model", "agent"), registry=r,
+        )  # fmt: skip
+        self.generation_rate = Histogram(
+            f"{PREFIX}_generation_tokens_per_second", "Generation speed of finished requests",
+            ("model", "agent"), buckets=RATE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.refused = Counter(
+            f"{PREFIX}_refused_requests", "Requests the daemon answered itself with an error, by its code",
+            ("model", "code"), registry=r,
+        )  # fmt: skip
+        self.spawns = Counter(f"{PREFIX}_spawns", "Children started", ("model",), registry=r)
+        self.restarts = Counter(
+            f"{PREFIX}_restarts", "Children started for a key that had run before", ("model",), registry=r
+        )
+        self.load = Histogram(
+            f"{PREFIX}_load_seconds", "A child's start to ready", ("model",), buckets=LOAD_BUCKETS, registry=r
+        )
+        self.evictions = Counter(
+            f"{PREFIX}_evictions", "Children taken out of service, by reason", ("model", "reason"), registry=r
+        )
+        self.exits = Counter(
+            f"{PREFIX}_child_exits", "Children gone, by outcome (stopped, crashed, failed_to_start)",
+            ("model", "outcome"), registry=r,
+        )  # fmt: skip
+        self.backoffs = Counter(
+            f"{PREFIX}_crash_loop_backoffs",
+            "Crash-loop backoffs begun (pool.crash_loop)",
+            ("model",),
+            registry=r,
+        )
+        self.child_scrape_failures = Counter(
+            f"{PREFIX}_child_scrape_failures", "Children left out of a scrape (no answer in time)",
+            ("model",), registry=r,
+        )  # fmt: skip
+        r.register(_PoolGauges(pool))
+        ProcessCollector(namespace=PREFIX, registry=r)  # the daemon's own CPU and memory
+        pool.observers.append(self.observe)
+
+    def observe(self, event: PoolEvent) -> None:
+        """Count one pool event."""
+        if isinstance(event, RequestFinished):
+            if event.figures is not None:
+                self._request(event.model, event.figures)
+        elif isinstance(event, RequestRefused):
+            self._request(event.model or "", event.figures)
+            self.refused.labels(event.model or "", event.figures.code or "").inc()
+        elif isinstance(event, Spawned):
+            self.spawns.labels(event.model).inc()
+            if event.restarts:
+                self.restarts.labels(event.model).inc()
+        elif isinstance(event, Ready):
+            self.load.labels(event.model).observe(event.load_s)
+        elif isinstance(event, Evicted):
+            self.evictions.labels(event.model, event.reason.value).inc()
+        elif isinstance(event, Exited):
+            self.exits.labels(event.model, event.outcome.kind).inc()
+        elif isinstance(event, BackingOff):
+            self.backoffs.labels(event.model).inc()
+
+    def _request(self, model: str, figures: RequestFigures) -> None:
+        labels = (model, figures.asked, figures.route)
+        self.requests.labels(*labels, str(figures.status)).inc()
+        self.duration.labels(*labels).observe(figures.duration_s)
+        if figures.ttft_s is not None:
+            self.ttft.labels(*labels).observe(figures.ttft_s)
+        if figures.prompt_tokens is not None:
+            self.prompt_tokens.labels(model, figures.asked).inc(figures.prompt_tokens)
+        if figures.generated_tokens is not None:
+            self.generated_tokens.labels(model, figures.asked).inc(figures.generated_tokens)
+        if figures.tokens_per_s is not None:
+            self.generation_rate.labels(model, figures.asked).observe(figures.tokens_per_s)
+
+    async def exposition(self, timeout_s: float = CHILD_SCRAPE_TIMEOUT_S) -> bytes:
+        """The text exposition: ours, then every answering child's series with its labels."""
+        children = [s for s in self._pool.sidecars() if s.state is State.READY]
+        texts: dict[str, tuple[SidecarLike, str]] = {}
+
+        async def fetch(sidecar: SidecarLike) -> None:
+            try:
+                status, body = await sidecar.upstream.get("/metrics", timeout_s)
+            except UpstreamError as error:
+                log.info("metrics of %s skipped: %s", sidecar.spec.model, error)
+                return
+            if status == 200:
+                texts[sidecar.key] = (sidecar, body.decode("utf-8", "replace"))
+
+        with trio.move_on_after(timeout_s):
+            async with trio.open_nursery() as nursery:
+                for sidecar in children:
+                    nursery.start_soon(fetch, sidecar)
+        merged = _ChildSeries()
+        for sidecar in children:
+            fetched = texts.get(sidecar.key)
+            if fetched is None or not merged.add(fetched[1], model=sidecar.spec.model, key=sidecar.key):
+                self.child_scrape_failures.labels(sidecar.spec.model).inc()
+        # Ours last: the failures just counted are in this scrape.
+        return generate_latest(merged.registry()) + generate_latest(self.registry)
+
+
+class _ChildSeries:
+    """The children's families merged by name, each sample labelled with its child."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, Metric] = {}
+
+    def add(self, text: str, **labels: str) -> bool:
+        """Merge one child's exposition; False (and nothing merged) if it cannot be parsed."""
+        try:
+            families = list(text_string_to_metric_families(text))
+        except ValueError as error:  # prometheus_client's parser reports bad text so
+            log.info("metrics of %s skipped: %s", labels.get("model"), error)
+            return False
+        for family in families:
+            into = self._families.setdefault(
+                family.name, Metric(family.name, family.documentation, family.type)
+            )
+            for sample in family.samples:
+                into.add_sample(sample.name, {**sample.labels, **labels}, sample.value, sample.timestamp)
+        return True
+
+    def registry(self) -> CollectorRegistry:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Fixed(self._families.values()))
+        return registry
+
+
+class _Fixed(Collector):
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+class _PoolGauges(Collector):
+    """What the pool holds right now, read when scraped."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        pool = self._pool
+        children = GaugeMetricFamily(
+            f"{PREFIX}_sidecars", "Live children, by state", labels=("model", "state")
+        )
+        in_flight = GaugeMetricFamily(
+            f"{PREFIX}_requests_in_flight", "Requests a child is serving", labels=("model", "key")
+        )
+        waiting = GaugeMetricFamily(
+            f"{PREFIX}_requests_waiting", "Requests queued for a child", labels=("model", "key")
+        )
+        memory = GaugeMetricFamily(
+            f"{PREFIX}_memory_bytes",
+            "What a child counts for against its device's budget (its need, or its measured use when larger)",
+            labels=("model", "key", "device"),
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for sidecar in pool.sidecars():
+            model = sidecar.spec.model
+            counts[model, sidecar.state.value] = counts.get((model, sidecar.state.value), 0) + 1
+            serving, queued = pool.leases(sidecar.key)
+            in_flight.add_metric((model, sidecar.key), serving)
+            waiting.add_metric((model, sidecar.key), queued)
+            for device, amount in (pool.counted_bytes(sidecar.key) or {}).items():
+                memory.add_metric((model, sidecar.key, device), amount)
+        for (model, state), count in counts.items():
+            children.add_metric((model, state), count)
+        budget = GaugeMetricFamily(
+            f"{PREFIX}_memory_budget_bytes",
+            "Memory the pool may give children, per device",
+            labels=("device",),
+        )
+        for device, amount in pool.memory.budgets().items():
+            budget.add_metric((device,), amount)
+        total = GaugeMetricFamily(
+            f"{PREFIX}_memory_device_bytes", "A device's total memory", labels=("device",)
+        )
+        for device, amount in pool.memory.totals().items():
+            total.add_metric((device,), amount)
+        yield from (children, in_flight, waiting, memory, budget, total)
