@@ -1,15 +1,21 @@
 // The llama-sidecar dashboard: lives on /ws/events (a snapshot, then every pool
 // event) and /ws/logs/{key} for the selected sidecar. No build step, no network
-// beyond the daemon itself.
+// beyond the daemon itself; charts by uPlot (vendored, see vendor/README.md).
 
 const MAX_LOG_LINES = 2000;
-const state = { sidecars: new Map(), routes: [], pool: {}, memory: { devices: [] }, selected: null, logSocket: null };
+const MAX_ACTIVITY = 300; // requests kept in the Activity view
+const HISTORY_S = 600; // what the charts show
+const state = {
+  sidecars: new Map(), routes: [], pool: {}, memory: { devices: [] },
+  selected: null, logSocket: null, activity: 0,
+};
 
 const $ = (id) => document.getElementById(id);
 // With admin keys set, open the dashboard as /?key=KEY: the key goes along with every call.
 const KEY = new URLSearchParams(location.search).get("key");
 const withKey = (path) => (KEY ? `${path}${path.includes("?") ? "&" : "?"}key=${encodeURIComponent(KEY)}` : path);
 const wsUrl = (path) => `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${withKey(path)}`;
+const authHeaders = () => (KEY ? { authorization: `Bearer ${KEY}` } : {});
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -23,6 +29,11 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+function setText(node, text) {
+  const value = String(text);
+  if (node.textContent !== value) node.textContent = value; // no layout work for what did not change
+}
+
 function bytes(value) {
   if (value == null) return "–";
   const units = ["B", "KB", "MB", "GB"];
@@ -30,6 +41,11 @@ function bytes(value) {
   while (size >= 1024 && unit < units.length - 1) { size /= 1024; unit++; }
   return `${size.toFixed(unit ? 1 : 0)} ${units[unit]}`;
 }
+
+const mib = (value) => (value >= 1024 ? `${(value / 1024).toFixed(1)} GiB` : `${value} MiB`);
+const ms = (seconds) => (seconds == null ? "–" : seconds < 10 ? `${Math.round(seconds * 1000)} ms` : `${seconds.toFixed(1)} s`);
+const rate = (value) => (value == null ? "–" : value.toFixed(1));
+const count = (value) => (value == null ? "–" : String(value));
 
 function ago(timestamp) {
   if (!timestamp) return "–";
@@ -39,58 +55,95 @@ function ago(timestamp) {
   return `${Math.floor(seconds / 3600)}h ${Math.floor((seconds % 3600) / 60)}m`;
 }
 
+// A stable colour per child, the same in its memory share and its chart series.
+const hue = (key) => [...key].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 360, 7);
+const colour = (key) => `hsl(${hue(key)} 60% 50%)`;
+const label = (s) => `${s.model} ${s.key.slice(0, 8)}`;
+
 async function act(method, path) {
-  const response = await fetch(path, { method, headers: KEY ? { authorization: `Bearer ${KEY}` } : {} });
+  const response = await fetch(path, { method, headers: authHeaders() });
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
     alert(body?.error?.message ?? `${method} ${path}: HTTP ${response.status}`);
   }
 }
 
-// -- rendering -----------------------------------------------------------------
+// -- views -------------------------------------------------------------------------
+
+function showView() {
+  const name = (location.hash || "#overview").slice(1);
+  const known = ["overview", "activity", "charts", "playground"].includes(name) ? name : "overview";
+  for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== `view-${known}`;
+  for (const link of document.querySelectorAll("#views a")) {
+    link.classList.toggle("current", link.dataset.view === known);
+  }
+  if (known === "charts") charts.draw(true);
+}
+
+// -- the overview: rows are kept by key and updated in place -----------------------
 
 function renderSummary() {
   const sidecars = [...state.sidecars.values()];
   const cap = state.pool.max_sidecars; // 0: no count limit, memory alone decides
-  $("sum-live").textContent = cap ? `${sidecars.length}/${cap}` : `${sidecars.length}`;
-  $("sum-memory").textContent = bytes(state.pool.total_rss_bytes);
-  $("sum-inflight").textContent = sidecars.reduce((sum, s) => sum + (s.in_flight ?? 0), 0);
-  $("sum-evictions").textContent = state.pool.evictions ?? 0;
+  setText($("sum-live"), cap ? `${sidecars.length}/${cap}` : `${sidecars.length}`);
+  setText($("sum-memory"), bytes(state.pool.total_rss_bytes));
+  setText($("sum-inflight"), sidecars.reduce((sum, s) => sum + (s.in_flight ?? 0), 0));
+  setText($("sum-evictions"), state.pool.evictions ?? 0);
+}
+
+const SIDECAR_FIELDS = ["model", "agents", "key", "port", "pid", "state", "up", "last_used", "in_flight", "restarts", "memory", "cpu"];
+const NUMERIC = new Set(["in_flight", "restarts", "memory", "cpu"]);
+
+function sidecarRow(key) {
+  const stop = (e) => { e.stopPropagation(); act("DELETE", `/api/sidecars/${key}`); };
+  const restart = (e) => { e.stopPropagation(); act("POST", `/api/sidecars/${key}/restart`); };
+  const cells = SIDECAR_FIELDS.map((field) => el("td", { "data-field": field, class: NUMERIC.has(field) ? "num" : field === "key" ? "key" : null }));
+  cells[SIDECAR_FIELDS.indexOf("state")].append(el("span", { class: "state" }));
+  return el("tr", { "data-key": key, onclick: () => select(key) },
+    ...cells,
+    el("td", { class: "actions" },
+      el("button", { "data-action": "restart", onclick: restart }, "Restart"),
+      el("button", { class: "danger", "data-action": "stop", onclick: stop }, "Stop")));
+}
+
+function updateSidecarRow(row, s) {
+  const usage = s.usage ?? {};
+  const values = {
+    model: s.model, agents: (s.agents ?? []).join(", ") || "–", key: s.key.slice(0, 8),
+    port: s.port ?? "–", pid: s.pid ?? "–", up: ago(s.started_at), last_used: ago(s.last_used),
+    in_flight: s.in_flight ?? 0, restarts: s.restarts ?? 0, memory: bytes(usage.rss_bytes),
+    cpu: usage.cpu_percent == null ? "–" : `${usage.cpu_percent}%`,
+  };
+  for (const cell of row.children) {
+    const field = cell.dataset.field;
+    if (field === "state") {
+      const badge = cell.firstElementChild;
+      setText(badge, s.state);
+      if (badge.className !== `state ${s.state}`) badge.className = `state ${s.state}`;
+    } else if (field in values) setText(cell, values[field]);
+  }
+  row.classList.toggle("selected", s.key === state.selected);
 }
 
 function renderSidecars() {
   const body = $("sidecars").querySelector("tbody");
-  const rows = [...state.sidecars.values()].sort((a, b) => a.model.localeCompare(b.model));
-  body.replaceChildren(...rows.map((s) => {
-    const usage = s.usage ?? {};
-    const row = el("tr", { "data-key": s.key, onclick: () => select(s.key) },
-      el("td", {}, s.model),
-      el("td", {}, (s.agents ?? []).join(", ") || "–"),
-      el("td", { class: "key" }, s.key.slice(0, 8)),
-      el("td", {}, s.port ?? "–"),
-      el("td", {}, s.pid ?? "–"),
-      el("td", {}, el("span", { class: `state ${s.state}`, "data-field": "state" }, s.state)),
-      el("td", {}, ago(s.started_at)),
-      el("td", {}, ago(s.last_used)),
-      el("td", { class: "num", "data-field": "in_flight" }, s.in_flight ?? 0),
-      el("td", { class: "num" }, s.restarts ?? 0),
-      el("td", { class: "num" }, bytes(usage.rss_bytes)),
-      el("td", { class: "num" }, usage.cpu_percent == null ? "–" : `${usage.cpu_percent}%`),
-      el("td", { class: "actions" },
-        el("button", { "data-action": "restart", onclick: (e) => { e.stopPropagation(); act("POST", `/api/sidecars/${s.key}/restart`); } }, "Restart"),
-        el("button", { class: "danger", "data-action": "stop", onclick: (e) => { e.stopPropagation(); act("DELETE", `/api/sidecars/${s.key}`); } }, "Stop")));
-    if (s.key === state.selected) row.classList.add("selected");
-    return row;
-  }));
-  $("no-sidecars").hidden = rows.length > 0;
+  const rows = new Map([...body.children].map((row) => [row.dataset.key, row]));
+  for (const [key, row] of rows) if (!state.sidecars.has(key)) row.remove();
+  for (const s of state.sidecars.values()) {
+    let row = rows.get(s.key);
+    if (!row) {
+      row = sidecarRow(s.key);
+      // Placed once, by model; an existing row is never moved (a click on it must not be lost).
+      const after = [...body.children].find((other) => state.sidecars.get(other.dataset.key)?.model.localeCompare(s.model) > 0);
+      body.insertBefore(row, after ?? null);
+    }
+    updateSidecarRow(row, s);
+  }
+  $("no-sidecars").hidden = state.sidecars.size > 0;
   renderSummary();
   renderMemory();
-  renderRoutes();
+  updateRoutes();
 }
-
-// A stable colour per child, so its share keeps its colour on every device bar.
-const hue = (key) => [...key].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 360, 7);
-const mib = (value) => (value >= 1024 ? `${(value / 1024).toFixed(1)} GiB` : `${value} MiB`);
 
 function renderMemory() {
   // Budgets and totals come with the snapshot; each child's share from its latest event or stats sample.
@@ -98,15 +151,15 @@ function renderMemory() {
   $("memory").replaceChildren(...state.memory.devices.map((device) => {
     const scale = Math.max(device.total_mib, device.budget_mib, 1);
     const shares = sidecars
-      .map((s) => ({ sidecar: s, mib: s.memory?.counted_mib?.[device.device] ?? 0 }))
-      .filter((share) => share.mib > 0);
-    const used = shares.reduce((sum, share) => sum + share.mib, 0);
+      .map((s) => ({ sidecar: s, size: s.memory?.counted_mib?.[device.device] ?? 0 }))
+      .filter((share) => share.size > 0);
+    const used = shares.reduce((sum, share) => sum + share.size, 0);
     const bar = el("div", { class: "bar", role: "img", "aria-label": `${device.device}: ${used} of ${device.budget_mib} MiB` },
-      ...shares.map(({ sidecar, mib: size }) => el("span", {
+      ...shares.map(({ sidecar, size }) => el("span", {
         class: "share",
         "data-key": sidecar.key,
         title: `${sidecar.model} (${sidecar.key.slice(0, 8)}): ${mib(size)}, ${sidecar.memory?.source ?? "?"}`,
-        style: `width: ${(100 * size) / scale}%; background: hsl(${hue(sidecar.key)} 60% 55%)`,
+        style: `width: ${(100 * size) / scale}%; background: ${colour(sidecar.key)}`,
       })),
       el("span", { class: "budget", title: `budget ${mib(device.budget_mib)}`, style: `left: ${(100 * device.budget_mib) / scale}%` }));
     return el("div", { class: "device", "data-device": device.device },
@@ -118,9 +171,9 @@ function renderMemory() {
 }
 
 function renderRoutes() {
-  const live = new Set(state.sidecars.keys());
+  // Rebuilt only when the configuration changes (a snapshot); the buttons are updated in place.
   $("routes").querySelector("tbody").replaceChildren(...state.routes.map((r) =>
-    el("tr", { "data-route": r.name },
+    el("tr", { "data-route": r.name, "data-key": r.key },
       el("td", {}, r.name),
       el("td", {}, r.kind),
       el("td", {}, r.model),
@@ -128,12 +181,25 @@ function renderRoutes() {
       el("td", { class: "key" }, r.key.slice(0, 8)),
       el("td", { class: "actions" }, el("button", {
         "data-action": "load",
-        disabled: live.has(r.key) ? "" : null,
         onclick: () => act("POST", `/api/models/${encodeURIComponent(r.name)}/load`),
-      }, live.has(r.key) ? "Running" : "Load")))));
+      }, "Load")))));
+  const picker = $("play-model");
+  const chosen = picker.value;
+  picker.replaceChildren(...state.routes.map((r) => el("option", { value: r.name }, `${r.name} (${r.kind})`)));
+  if (state.routes.some((r) => r.name === chosen)) picker.value = chosen;
+  updateRoutes();
 }
 
-// -- the selected sidecar's log ------------------------------------------------
+function updateRoutes() {
+  for (const row of $("routes").querySelector("tbody").children) {
+    const button = row.querySelector("button");
+    const live = state.sidecars.has(row.dataset.key);
+    if (button.disabled !== live) button.disabled = live;
+    setText(button, live ? "Running" : "Load");
+  }
+}
+
+// -- the selected sidecar's log ------------------------------------------------------
 
 function logLine(text, note = false) {
   const log = $("log");
@@ -172,7 +238,188 @@ function select(key) {
   renderSidecars();
 }
 
-// -- the events feed -------------------------------------------------------------
+// -- activity: every request that finished, newest first ---------------------------
+
+function addActivity(event) {
+  const f = event.figures;
+  const status = f.code ? `${f.status} ${f.code}` : String(f.status);
+  const row = el("tr", { class: f.status >= 400 || f.code ? "failed" : null, "data-key": event.key ?? "" },
+    el("td", {}, new Date(event.ts * 1000).toLocaleTimeString()),
+    el("td", { "data-field": "asked" }, f.asked || "–"),
+    el("td", { "data-field": "model" }, event.model ?? "–"),
+    el("td", {}, f.route),
+    el("td", { "data-field": "status" }, status),
+    el("td", { class: "num", "data-field": "prompt" }, count(f.prompt_tokens)),
+    el("td", { class: "num", "data-field": "generated" }, count(f.generated_tokens)),
+    el("td", { class: "num", "data-field": "ttft" }, ms(f.ttft_s)),
+    el("td", { class: "num", "data-field": "tokens_per_s" }, rate(f.tokens_per_s)),
+    el("td", { class: "num", "data-field": "duration" }, ms(f.duration_s)));
+  const body = $("activity").querySelector("tbody");
+  body.prepend(row);
+  while (body.childElementCount > MAX_ACTIVITY) body.lastElementChild.remove();
+  state.activity += 1;
+  setText($("activity-count"), `(${Math.min(state.activity, MAX_ACTIVITY)} of ${state.activity} since the page opened)`);
+  $("no-activity").hidden = true;
+}
+
+// -- charts: a point per stats sample (every 2 s) ----------------------------------
+
+const charts = {
+  samples: [], // {t, inflight: {key: n}, memory: {key: MiB}, tokens: {key: n}}
+  names: new Map(), // key -> label
+  plots: {},
+  shape: "",
+
+  sample(t) {
+    const inflight = {}, memory = {};
+    for (const s of state.sidecars.values()) {
+      this.names.set(s.key, label(s));
+      inflight[s.key] = s.in_flight ?? 0;
+      memory[s.key] = s.usage?.rss_bytes == null ? null : s.usage.rss_bytes / 1048576;
+    }
+    this.samples.push({ t, inflight, memory, tokens: this.pending }); // what finished since the last one
+    this.pending = {};
+    while (this.samples.length && this.samples[0].t < t - HISTORY_S) this.samples.shift();
+    this.draw(false);
+  },
+
+  // A finished request's tokens, spread over the time it generated them.
+  tokens(key, figures, end) {
+    const generated = figures.generated_tokens;
+    if (!generated) return;
+    const span = Math.max(figures.duration_s - (figures.ttft_s ?? 0), 0.001);
+    const start = end - span;
+    for (let i = 1; i < this.samples.length; i++) {
+      const from = this.samples[i - 1].t, to = this.samples[i].t;
+      const overlap = Math.min(to, end) - Math.max(from, start);
+      if (overlap > 0) {
+        const tokens = this.samples[i].tokens;
+        tokens[key] = (tokens[key] ?? 0) + (generated * overlap) / span;
+      }
+    }
+    // The part after the latest sample belongs to the next one.
+    const last = this.samples.at(-1);
+    const pending = last ? Math.min(span, end - Math.max(last.t, start)) : span;
+    if (pending > 0) this.pending[key] = (this.pending[key] ?? 0) + (generated * pending) / span;
+  },
+  pending: {},
+
+  data() {
+    const keys = [...new Set(this.samples.flatMap((s) => Object.keys(s.inflight)))];
+    const xs = this.samples.map((s) => s.t);
+    const dt = (i) => (i > 0 ? this.samples[i].t - this.samples[i - 1].t : 2);
+    const perKey = (pick) => keys.map((key) => this.samples.map((s, i) => pick(s, key, i)));
+    const tokens = perKey((s, key, i) => (key in s.inflight || s.tokens[key] ? (s.tokens[key] ?? 0) / dt(i) : null));
+    const inflight = perKey((s, key) => s.inflight[key] ?? null);
+    const memory = perKey((s, key) => s.memory[key] ?? null);
+    const total = (rows) => xs.map((_, i) => rows.reduce((sum, row) => sum + (row[i] ?? 0), 0));
+    return {
+      keys,
+      tokens: [xs, total(tokens), ...tokens],
+      inflight: [xs, total(inflight), ...inflight],
+      memory: [xs, ...memory],
+    };
+  },
+
+  draw(rebuild) {
+    if ($("view-charts").hidden) return; // drawn when shown
+    const { keys, ...series } = this.data();
+    const shape = keys.join(",");
+    if (rebuild || shape !== this.shape || !this.plots.tokens) {
+      this.shape = shape;
+      const perKey = keys.map((key) => ({ label: this.names.get(key) ?? key.slice(0, 8), stroke: colour(key), width: 1.5, spanGaps: false }));
+      const pool = { label: "pool", stroke: "#1d2330", width: 2 };
+      const make = (name, lines) => {
+        this.plots[name]?.destroy();
+        const target = $(`chart-${name}`);
+        target.replaceChildren();
+        this.plots[name] = new uPlot(
+          { width: Math.max(target.clientWidth, 300), height: 220, series: [{}, ...lines], scales: { x: { time: true } }, legend: { live: false } },
+          series[name], target);
+      };
+      make("tokens", [pool, ...perKey]);
+      make("inflight", [pool, ...perKey]);
+      make("memory", perKey);
+    } else {
+      for (const name of Object.keys(series)) this.plots[name].setData(series[name]);
+    }
+  },
+};
+
+// -- the playground: one chat, streamed ---------------------------------------------
+
+let playing = null; // the AbortController of the answer being streamed
+
+async function play(event) {
+  event.preventDefault();
+  const output = $("play-output");
+  output.textContent = "";
+  output.classList.remove("error");
+  setText($("play-figures"), "waiting for the first token…");
+  playing = new AbortController();
+  $("play-send").disabled = true;
+  $("play-stop").hidden = false;
+  const started = performance.now();
+  let first = null, generated = 0, timings = null, usage = null;
+  const figures = () => {
+    const ttft = first == null ? "–" : `${Math.round(first - started)} ms`;
+    const elapsed = (performance.now() - (first ?? started)) / 1000;
+    const speed = timings?.predicted_per_second ?? (generated > 1 && elapsed > 0 ? generated / elapsed : null);
+    const tokens = usage?.completion_tokens ?? timings?.predicted_n ?? generated;
+    return `TTFT ${ttft} · ${speed == null ? "–" : speed.toFixed(1)} tokens/s · ${tokens} tokens`;
+  };
+  try {
+    const response = await fetch("/v1/chat/completions", {
+      method: "POST",
+      signal: playing.signal,
+      headers: { "content-type": "application/json", ...authHeaders() },
+      body: JSON.stringify({
+        model: $("play-model").value,
+        messages: [{ role: "user", content: $("play-prompt").value }],
+        max_tokens: Number($("play-max").value) || 128,
+        stream: true,
+        stream_options: { include_usage: true },
+      }),
+    });
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      throw new Error(body?.error?.message ?? `HTTP ${response.status}`);
+    }
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffered = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffered += value;
+      const lines = buffered.split("\n");
+      buffered = lines.pop();
+      for (const line of lines) {
+        if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
+        const chunk = JSON.parse(line.slice(6));
+        if (chunk.error) throw new Error(chunk.error.message);
+        const text = chunk.choices?.[0]?.delta?.content;
+        if (text) {
+          first ??= performance.now();
+          generated += 1;
+          output.append(text);
+        }
+        timings = chunk.timings ?? timings;
+        usage = chunk.usage ?? usage;
+        setText($("play-figures"), figures());
+      }
+    }
+    setText($("play-figures"), `${figures()} · done`);
+  } catch (error) {
+    if (error.name === "AbortError") setText($("play-figures"), `${figures()} · stopped`);
+    else { output.classList.add("error"); output.textContent = error.message; setText($("play-figures"), ""); }
+  } finally {
+    playing = null;
+    $("play-send").disabled = false;
+    $("play-stop").hidden = true;
+  }
+}
+
+// -- the events feed ------------------------------------------------------------------
 
 function applyEvent(event) {
   if (event.type === "snapshot") {
@@ -180,6 +427,7 @@ function applyEvent(event) {
     state.routes = event.routes;
     state.pool = event.pool;
     state.memory = event.memory;
+    renderRoutes();
   } else if (event.type === "stats") {
     state.pool.total_rss_bytes = event.total_rss_bytes;
     for (const [key, usage] of Object.entries(event.sidecars)) {
@@ -188,9 +436,16 @@ function applyEvent(event) {
       sidecar.usage = usage;
       if (sidecar.memory && usage.counted_mib) sidecar.memory.counted_mib = usage.counted_mib;
     }
-  } else if (event.sidecar) {
-    if (event.type === "exited") state.sidecars.delete(event.key);
-    else state.sidecars.set(event.key, { ...state.sidecars.get(event.key), ...event.sidecar });
+    charts.sample(event.ts);
+  } else {
+    if (event.type === "request" && event.figures) {
+      addActivity(event);
+      if (event.key) charts.tokens(event.key, event.figures, event.ts);
+    }
+    if (event.sidecar) {
+      if (event.type === "exited") state.sidecars.delete(event.key);
+      else state.sidecars.set(event.key, { ...state.sidecars.get(event.key), ...event.sidecar });
+    }
     if (event.type === "evicted") state.pool.evictions = (state.pool.evictions ?? 0) + (event.reason === "shutdown" ? 0 : 1);
   }
   renderSidecars();
@@ -218,5 +473,10 @@ $("log").addEventListener("scroll", () => {
   $("log-follow").hidden = log.scrollTop + log.clientHeight >= log.scrollHeight - 24;
 });
 $("log-follow").addEventListener("click", () => { $("log").scrollTop = $("log").scrollHeight; $("log-follow").hidden = true; });
+$("play-form").addEventListener("submit", play);
+$("play-stop").addEventListener("click", () => playing?.abort());
+window.addEventListener("hashchange", showView);
 setInterval(renderSidecars, 5000); // keeps "up" and "last used" ages fresh; no network
+window.llamaSidecar = { state, charts }; // for a look from the browser's console (and the tests)
+showView();
 connectEvents();

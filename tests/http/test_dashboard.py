@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import threading
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 import trio
 
 from orchestrator.routing import LlamaServerBinary
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
 from tests.conftest import ARTIFACTS, CHROMIUM_ARGS, make_config, running_daemon
 
 SLOW_S = 60_000  # ms: loading a model on a busy 2-core machine
@@ -74,3 +82,133 @@ async def test_dashboard_shows_a_real_child_live_and_stops_it(
     async with running_daemon(config, real_binary) as (url, daemon):
         await trio.to_thread.run_sync(partial(drive, url, chromium))
         assert daemon.pool is not None and daemon.pool.sidecars() == []
+
+
+def curl_shows_in_activity(page: Page, url: str) -> None:
+    """A request made with curl shows in Activity with its tokens."""
+    from playwright.sync_api import expect
+
+    body = json.dumps({"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 7})
+    answered = subprocess.run(
+        ["curl", "-sS", "-H", "Content-Type: application/json", "-d", body, f"{url}/v1/chat/completions"],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    usage = json.loads(answered.stdout)["usage"]
+    page.click('#views a[data-view="activity"]')
+    newest = page.locator("#activity tbody tr").first
+    expect(newest.locator('[data-field="asked"]')).to_have_text("smollm2")
+    expect(newest.locator('[data-field="status"]')).to_have_text("200")
+    expect(newest.locator('[data-field="generated"]')).to_have_text(str(usage["completion_tokens"]))
+    expect(newest.locator('[data-field="prompt"]')).to_have_text(str(usage["prompt_tokens"]))
+    expect(newest.locator('[data-field="ttft"]')).to_have_text(re.compile(r"^\d+ ms$"))
+    page.screenshot(path=str(ARTIFACTS / "dashboard-activity.png"), full_page=True)
+
+
+def play(page: Page, max_tokens: int) -> None:
+    page.click('#views a[data-view="playground"]')
+    page.select_option("#play-model", "smollm2")
+    page.fill("#play-max", str(max_tokens))
+    page.click("#play-send")
+
+
+def playground_streams(page: Page) -> str:
+    """The playground streams an answer, with its figures."""
+    from playwright.sync_api import expect
+
+    play(page, 24)
+    figures = page.locator("#play-figures")
+    expect(figures).to_have_text(PLAYED, timeout=SLOW_S)
+    assert page.locator("#play-output").inner_text().strip()
+    page.screenshot(path=str(ARTIFACTS / "dashboard-playground.png"), full_page=True)
+    return figures.inner_text()
+
+
+def charts_have_points(page: Page) -> None:
+    page.click('#views a[data-view="charts"]')
+    page.wait_for_function(
+        "() => { const t = window.llamaSidecar.charts.plots.tokens?.data;"
+        " return t && t[0].length >= 3 && t[1].some((v) => v > 0); }",
+        timeout=SLOW_S,
+    )
+    page.screenshot(path=str(ARTIFACTS / "dashboard-charts.png"), full_page=True)
+
+
+def stop_on_a_busy_daemon(page: Page, churn: threading.Event) -> str:
+    """A long stream and a request a moment on smollm2 (its row, the summary and the routes change
+    all the time); Stop on smollm2-small stops that one only, and the stream goes on."""
+    from playwright.sync_api import expect
+
+    play(page, 400)
+    expect(page.locator("#play-stop")).to_be_visible()
+    page.click('#views a[data-view="overview"]')
+    churn.set()
+    rows = page.locator("#sidecars tbody tr")
+    busy = rows.filter(has=page.get_by_text("smollm2", exact=True))
+    target = rows.filter(has=page.get_by_text("smollm2-small", exact=True))
+    key = target.get_attribute("data-key") or ""
+    expect(busy.locator('[data-field="in_flight"]')).not_to_have_text("0", timeout=SLOW_S)
+    target.locator('button[data-action="stop"]').click()
+    expect(page.locator(f'#sidecars tbody tr[data-key="{key}"]')).to_have_count(0, timeout=SLOW_S)
+    expect(rows).to_have_count(1)
+    page.click('#views a[data-view="playground"]')
+    expect(page.locator("#play-figures")).to_have_text(PLAYED, timeout=SLOW_S)
+    return key
+
+
+PLAYED = re.compile(r"^TTFT \d+ ms · [\d.]+ tokens/s · \d+ tokens · done$")
+
+
+def views(url: str, chromium: str, churn: threading.Event) -> dict[str, str]:
+    """Activity, playground, charts, and Stop on a busy daemon; runs in a worker thread."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.goto(url)
+        page.evaluate("window.sameDocument = true")
+        expect(page.locator("#connection")).to_have_text("live")
+        expect(page.locator("#sidecars tbody tr")).to_have_count(2, timeout=SLOW_S)
+        curl_shows_in_activity(page, url)
+        seen = {"playground": playground_streams(page)}
+        charts_have_points(page)
+        seen["stopped"] = stop_on_a_busy_daemon(page, churn)
+        assert page.evaluate("window.sameDocument") is True
+        browser.close()
+    return seen
+
+
+@pytest.mark.real
+async def test_dashboard_activity_charts_playground_and_stop_on_a_busy_daemon(
+    tmp_path: Path, real_binary: LlamaServerBinary, demo_model: Path, chromium: str
+) -> None:
+    models = {
+        "smollm2": {"path": str(demo_model), "flags": ["-c", "1024", "-t", "1"]},
+        "smollm2-small": {"path": str(demo_model), "flags": ["-c", "512", "-t", "1"]},
+    }
+    config = make_config(tmp_path, models, pool={"drain_timeout_s": 60})
+    churning = threading.Event()
+    done = threading.Event()
+
+    def churn(url: str) -> None:
+        """Requests one after another on smollm2 once asked: the page gets events all the time."""
+        churning.wait()
+        chat = {"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        with httpx.Client(timeout=120) as client:
+            while not done.is_set():
+                assert client.post(f"{url}/v1/chat/completions", json=chat).status_code == 200
+
+    async with running_daemon(config, real_binary) as (url, daemon), httpx.AsyncClient(timeout=120) as client:
+        for name in models:
+            assert (await client.post(f"{url}/api/models/{name}/load")).status_code == 200
+        ARTIFACTS.mkdir(exist_ok=True)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(trio.to_thread.run_sync, churn, url, abandon_on_cancel=True))
+            try:
+                seen = await trio.to_thread.run_sync(partial(views, url, chromium, churning))
+            finally:
+                done.set()
+                churning.set()
+        assert daemon.pool is not None
+        assert [s.spec.model for s in daemon.pool.sidecars()] == ["smollm2"]
+        assert seen["stopped"] != daemon.pool.sidecars()[0].key
