@@ -22,7 +22,7 @@ import math
 import os
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -131,6 +131,7 @@ class _Tenancy:
         self.need = need  # what admission counts it for
         self.in_flight = 0
         self.waiting = 0  # requests waiting for it: to become ready, or for a free slot
+        self.queue: deque[object] = deque()  # those waiting for a slot, first come first served
         self.last_used = trio.current_time()
         self.idle = trio.Event()  # set while nothing is in flight
         self.idle.set()
@@ -234,11 +235,11 @@ class Pool:
                 finally:
                     tenancy.waiting -= 1
             if sidecar.state is State.READY:
-                if tenancy.in_flight < self._max_in_flight(sidecar):
-                    tenancy.in_flight += 1
-                    tenancy.idle = trio.Event() if tenancy.in_flight == 1 else tenancy.idle
+                if self._slot_free(tenancy) and not tenancy.queue:
+                    self._take_slot(tenancy)
                     return tenancy
-                await self._queue_for(tenancy, deadline)
+                if await self._queue_for(tenancy, deadline):
+                    return tenancy
                 continue
             if isinstance(sidecar.outcome, FailedToStart):
                 raise sidecar.outcome.error  # the next request tries again (or meets the backoff)
@@ -249,8 +250,21 @@ class Pool:
     def _max_in_flight(self, sidecar: SidecarLike) -> int:
         return self._pool_settings.max_in_flight or sidecar.slots
 
-    async def _queue_for(self, tenancy: _Tenancy, deadline: float) -> None:
-        """Wait (bounded) for a busy child to finish a request; 429 when its queue is full."""
+    def _slot_free(self, tenancy: _Tenancy) -> bool:
+        return tenancy.in_flight < self._max_in_flight(tenancy.sidecar)
+
+    @staticmethod
+    def _take_slot(tenancy: _Tenancy) -> None:
+        tenancy.in_flight += 1
+        tenancy.idle = trio.Event() if tenancy.in_flight == 1 else tenancy.idle
+
+    async def _queue_for(self, tenancy: _Tenancy, deadline: float) -> bool:
+        """Wait in line (bounded) for a busy child's slot; True once taken, False if it left service.
+
+        First come, first served: a free slot goes to the head of the line, never to whoever
+        wakes first (under load that could starve a request past its deadline). 429 when the
+        line is full.
+        """
         sidecar = tenancy.sidecar
         if tenancy.waiting >= self._pool_settings.max_queue:
             raise OverloadedError(
@@ -258,17 +272,25 @@ class Pool:
                 f"{tenancy.waiting} more are waiting (pool.max_queue); try again shortly",
                 retry_after_s=1,
             )
+        ticket = object()
+        tenancy.queue.append(ticket)
         tenancy.waiting += 1  # a child with waiters is not idle: never evicted under them
         try:
             with trio.move_on_at(deadline):
-                await self._changed.wait()
+                while sidecar.state is State.READY:
+                    if tenancy.queue[0] is ticket and self._slot_free(tenancy):
+                        self._take_slot(tenancy)
+                        return True
+                    await self._changed.wait()
+                return False  # stopping or gone: the caller waits for it and starts another
         finally:
+            tenancy.queue.remove(ticket)
             tenancy.waiting -= 1
-        if trio.current_time() >= deadline:
-            wait = self._pool_settings.capacity_wait_s
-            raise CapacityError(
-                f"{sidecar.spec.model} stayed busy for {wait:g} s (pool.capacity_wait_s)", retry_after_s=1
-            )
+            self._notify()  # the next in line may go now
+        wait = self._pool_settings.capacity_wait_s  # only the deadline ends the line without a return
+        raise CapacityError(
+            f"{sidecar.spec.model} stayed busy for {wait:g} s (pool.capacity_wait_s)", retry_after_s=1
+        )
 
     async def _make_room(self, spec: SidecarSpec, deadline: float) -> _Tenancy | None:
         """Wait until ``spec``'s child fits the memory budgets and the count cap (see admission).

@@ -145,6 +145,43 @@ async def test_waiters_keep_the_child_they_waited_for(
         assert a.outcome is not None and a.outcome.kind == "stopped" and len(factory.made) == 2
 
 
+async def test_a_busy_childs_slots_go_to_its_waiters_in_the_order_they_came(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    factory = DoubleFactory({"m": Behaviour(slots=1)})
+    routes = double_routes(tmp_path, {"m": {}}, pool={"capacity_wait_s": 1000})
+    async with pool_of_doubles(routes, factory) as pool:
+        served: list[tuple[str, float]] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hold, pool, "m", 10)  # ready at 1, busy until 11
+            for _ in range(6):
+                await trio.sleep(1)
+                nursery.start_soon(hold, pool, "m", 10, served)
+        assert [at for _, at in served] == [11.0, 21.0, 31.0, 41.0, 51.0, 61.0]
+
+
+async def test_under_steady_load_no_request_waits_longer_than_its_turn(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Six clients, two slots, requests back to back: first come first served keeps every wait
+    at two turns (20 s), well inside capacity_wait_s; a free-for-all could starve one past it."""
+    factory = DoubleFactory({"m": Behaviour(slots=2)})
+    routes = double_routes(tmp_path, {"m": {}}, pool={"capacity_wait_s": 35})
+    waits: list[float] = []
+
+    async def client() -> None:
+        for _ in range(8):
+            asked = trio.current_time()
+            async with pool.lease(pool.routes.resolve("m")):
+                waits.append(trio.current_time() - asked)
+                await trio.sleep(10)
+
+    async with pool_of_doubles(routes, factory) as pool, trio.open_nursery() as nursery:
+        for _ in range(6):
+            nursery.start_soon(client)
+    assert len(waits) == 48 and max(waits) <= 21  # 20 s of turns, plus the 1 s load of the first
+
+
 async def test_a_full_queue_gets_429_at_once(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     factory = DoubleFactory({"m": Behaviour(slots=1)})
     routes = double_routes(tmp_path, {"m": {}}, pool={"max_queue": 1})
