@@ -49,7 +49,7 @@ need() {
 }
 
 "$python" -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
-if $dev; then need chromium:chromium systemd-analyze:systemd prometheus:prometheus promtool:prometheus; fi
+if $dev; then need chromium:chromium systemd-analyze:systemd prometheus:prometheus promtool:prometheus curl:curl; fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
