@@ -10,7 +10,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
@@ -25,6 +25,9 @@ from orchestrator.runtime import Daemon
 from orchestrator.supervisor.memory import LEARNING_ARGV
 from orchestrator.supervisor.watchdog import STATE_DIR_ENV
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
 FAKE_SERVER = Path(__file__).parent / "fakes" / "fake_llama_server.py"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"  # screenshots
 # Debian's chromium, driven by Playwright; no network beyond loopback here.
@@ -38,6 +41,19 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+@contextmanager
+def browser_page(chromium: str, *extra_args: str) -> Iterator[Page]:
+    """A page in headless chromium, driven by Playwright's sync API (so: from a worker thread)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=[*CHROMIUM_ARGS, *extra_args])
+        try:
+            yield browser.new_page(viewport={"width": 1440, "height": 1000})
+        finally:
+            browser.close()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -19,21 +19,25 @@ from orchestrator.routing import LlamaServerBinary
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
-from tests.conftest import ARTIFACTS, CHROMIUM_ARGS, make_config, running_daemon
+from tests.conftest import ARTIFACTS, browser_page, make_config, running_daemon
 
 SLOW_S = 60_000  # ms: loading a model on a busy 2-core machine
 
 
+def open_dashboard(page: Page, url: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    page.evaluate("window.sameDocument = true")  # gone if the page ever reloads
+    expect(page.locator("#connection")).to_have_text("live")
+
+
 def drive(url: str, chromium: str) -> None:
     """Everything a person does on the page; runs in a worker thread (Playwright's sync API)."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        page.goto(url)
-        page.evaluate("window.sameDocument = true")  # gone if the page ever reloads
-        expect(page.locator("#connection")).to_have_text("live")
+    with browser_page(chromium) as page:
+        open_dashboard(page, url)
         expect(page.locator("#no-sidecars")).to_be_visible()
 
         page.click('tr[data-route="smollm2"] button[data-action="load"]')
@@ -71,7 +75,6 @@ def drive(url: str, chromium: str) -> None:
         expect(page.locator("#no-sidecars")).to_be_visible()
         expect(host.locator(".share")).to_have_count(0)
         assert page.evaluate("window.sameDocument") is True  # all of it live, no reload
-        browser.close()
 
 
 @pytest.mark.real
@@ -160,21 +163,16 @@ PLAYED = re.compile(r"^TTFT \d+ ms · [\d.]+ tokens/s · \d+ tokens · done$")
 
 def views(url: str, chromium: str, churn: threading.Event) -> dict[str, str]:
     """Activity, playground, charts, and Stop on a busy daemon; runs in a worker thread."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        page.goto(url)
-        page.evaluate("window.sameDocument = true")
-        expect(page.locator("#connection")).to_have_text("live")
+    with browser_page(chromium) as page:
+        open_dashboard(page, url)
         expect(page.locator("#sidecars tbody tr")).to_have_count(2, timeout=SLOW_S)
         curl_shows_in_activity(page, url)
         seen = {"playground": playground_streams(page)}
         charts_have_points(page)
         seen["stopped"] = stop_on_a_busy_daemon(page, churn)
         assert page.evaluate("window.sameDocument") is True
-        browser.close()
     return seen
 
 

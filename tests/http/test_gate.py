@@ -24,7 +24,7 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 from orchestrator.config import load_config
 from orchestrator.routing import LlamaServerBinary, RouteTable
 from orchestrator.runtime import Daemon
-from tests.conftest import CHROMIUM_ARGS, make_config, routes_for, running_daemon
+from tests.conftest import browser_page, make_config, routes_for, running_daemon
 
 CHAT = '{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
 EVIL = "http://evil.example"
@@ -196,8 +196,6 @@ window.results = (async () => {
 
 def attack_from_another_origin(url: str, chromium: str) -> dict[str, Any]:
     """A page on a second loopback origin tries to drive the daemon; what the page saw (in a thread)."""
-    from playwright.sync_api import sync_playwright
-
     page_html = ATTACK_PAGE.replace("PORT", url.rsplit(":", 1)[1]).encode()
 
     class AttackPage(BaseHTTPRequestHandler):
@@ -214,18 +212,14 @@ def attack_from_another_origin(url: str, chromium: str) -> dict[str, Any]:
     attacker = ThreadingHTTPServer(("127.0.0.1", 0), AttackPage)
     threading.Thread(target=attacker.serve_forever, daemon=True).start()
     # DNS rebinding for real: the browser resolves evil.example to our loopback address.
-    rebinding = [*CHROMIUM_ARGS, "--host-resolver-rules=MAP evil.example 127.0.0.1"]
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium, args=rebinding)
-            page = browser.new_page()
+        with browser_page(chromium, "--host-resolver-rules=MAP evil.example 127.0.0.1") as page:
             page.goto(f"http://127.0.0.1:{attacker.server_address[1]}/")
             results = dict(page.evaluate("window.results"))
             rebound = page.goto(url.replace("127.0.0.1", "evil.example") + "/api/config")
             assert rebound is not None
             results["rebound_status"] = rebound.status
             results["rebound_body"] = page.content()
-            browser.close()
     finally:
         attacker.shutdown()
         attacker.server_close()
