@@ -49,6 +49,9 @@ class LlamaServerSettings:
     port_range: tuple[int, int] = (41000, 41999)
     stop_grace_s: float = 5.0
     upstream_idle_timeout_s: float = 300.0  # a proxied request that gets no byte for this long is cancelled
+    # Copy each child's stderr lines into the daemon's log at info (else at debug, shown with -v).
+    # They always go to the ring buffer and the log feeds; echoing ~10 lines a request costs CPU.
+    echo_stderr: bool = False
 
 
 @dataclass(frozen=True)
@@ -328,6 +331,7 @@ def parse_config(
         port_range=(first, last),
         stop_grace_s=llama_t.number("stop_grace_s", d.stop_grace_s, 0.0),
         upstream_idle_timeout_s=llama_t.number("upstream_idle_timeout_s", d.upstream_idle_timeout_s, 0.1),
+        echo_stderr=llama_t.boolean("echo_stderr", d.echo_stderr),
     )
 
     pool_t = document.table("pool", [f.name for f in dataclasses.fields(PoolSettings)])

@@ -95,6 +95,7 @@ class Sidecar(Lifecycle):
         self._failure: SpawnError | None = None  # why it could not start
         self._env = dict(env)
         self._settings = settings
+        self._echo_level = logging.INFO if settings.echo_stderr else logging.DEBUG
         self._allocate_port = allocate_port
         self._on_event = on_event  # told: Starting, Ready, Unhealthy, Exited
         self._settled = trio.Event()  # ready, or gone
@@ -299,7 +300,7 @@ class Sidecar(Lifecycle):
 
     def _on_stderr_line(self, text: str) -> None:
         self.stderr.append(text)
-        child_log.info("%s %s", self.label, text)
+        child_log.log(self._echo_level, "%s %s", self.label, text)
         if self._state is State.STARTING:
             if _ACCOUNTING in text and len(self._accounting) < ACCOUNTING_LINES:
                 self._accounting.append(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,26 @@ async def test_slow_load_is_ready_once_health_says_so(
         await sidecar.stop(StopReason.MANUAL, "test over")
     assert sidecar.describe()["state"] == "exited"
     assert sidecar.exit_code == 0  # SIGTERM was honoured: a graceful exit
+
+
+@pytest.mark.parametrize("echo", [False, True])
+async def test_child_lines_reach_the_daemons_log_at_debug_unless_echoed(
+    tmp_path: Path,
+    fake_binary: LlamaServerBinary,
+    fake_model: Callable[..., str],
+    caplog: pytest.LogCaptureFixture,
+    echo: bool,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="orchestrator.child")
+    config = make_config(tmp_path, {"m": {"path": fake_model()}}, llama_server={"echo_stderr": echo})
+    async with trio.open_nursery() as nursery:
+        sidecar = sidecar_for(config, fake_binary, [free_port()])
+        await nursery.start(sidecar.run)
+        await sidecar.stop(StopReason.MANUAL, "test over")
+    lines = [r for r in caplog.records if r.name == "orchestrator.child" and "model loaded" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == (logging.INFO if echo else logging.DEBUG)
+    assert lines[0].getMessage().startswith(sidecar.label)
+    assert any("model loaded" in line for line in sidecar.stderr.tail(400))  # kept either way
 
 
 async def test_crash_during_load_fails_at_once_with_stderr_tail(
