@@ -154,9 +154,10 @@ async def test_a_busy_childs_slots_go_to_its_waiters_in_the_order_they_came(
         served: list[tuple[str, float]] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(hold, pool, "m", 10)  # ready at 1, busy until 11
-            for _ in range(6):
-                await trio.sleep(1)
+            await trio.sleep(1.5)
+            for _ in range(6):  # from 1.5 s on, one a second, while it is busy
                 nursery.start_soon(hold, pool, "m", 10, served)
+                await trio.sleep(1)
         assert [at for _, at in served] == [11.0, 21.0, 31.0, 41.0, 51.0, 61.0]
 
 
