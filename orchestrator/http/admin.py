@@ -25,6 +25,7 @@ from orchestrator import flags as flagmod
 from orchestrator.errors import AmbiguousSidecarError, SidecarNotFoundError
 from orchestrator.http.openai_errors import error_response
 from orchestrator.routing import RouteTable
+from orchestrator.supervisor.events import Reloaded
 from orchestrator.supervisor.fanout import Dropped
 from orchestrator.supervisor.pool import Pool, SidecarLike
 from orchestrator.supervisor.stats import StatsSampler
@@ -83,6 +84,16 @@ class PoolView:
             ],
             "max_sidecars": self.routes.config.pool.max_sidecars,
             "decisions": list(planner.decisions),  # the latest last
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a feed's subscriber starts from (again after a reload)."""
+        return {
+            "type": "snapshot",
+            "sidecars": self.sidecars(),
+            "pool": self.summary(),
+            "routes": self.configured(),
+            "memory": self.memory(),
         }
 
     def configured(self) -> list[dict[str, Any]]:
@@ -226,19 +237,14 @@ def _register_feeds(app: QuartTrio, view: PoolView) -> None:
     async def event_feed() -> None:
         await websocket.accept()
         with view.pool.events.subscribe() as subscription:
-            snapshot = {
-                "type": "snapshot",
-                "sidecars": view.sidecars(),
-                "pool": view.summary(),
-                "routes": view.configured(),
-                "memory": view.memory(),
-            }
-            await websocket.send(json.dumps(snapshot))
+            await websocket.send(json.dumps(view.snapshot()))
             async for item in subscription:
                 payload = (
                     {"type": "dropped", "count": item.count} if isinstance(item, Dropped) else item.to_json()
                 )
                 await websocket.send(json.dumps(payload))
+                if not isinstance(item, Dropped) and isinstance(item.event, Reloaded):
+                    await websocket.send(json.dumps(view.snapshot()))  # new routes, budgets, devices
 
 
 # The dashboard's files are package data (orchestrator.web, from web/ in the source tree).

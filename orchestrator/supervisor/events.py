@@ -262,7 +262,20 @@ class Stats:
         }
 
 
-PoolEvent = SidecarEvent | Stats | RequestRefused
+@dataclass(frozen=True)
+class Reloaded:
+    """The pool serves a new configuration (``kept`` children stay, ``stopping`` ones drain)."""
+
+    kind: ClassVar[str] = "reloaded"
+    ts: float
+    kept: tuple[str, ...]
+    stopping: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.kind, "ts": self.ts, "kept": list(self.kept), "stopping": list(self.stopping)}
+
+
+PoolEvent = SidecarEvent | Stats | RequestRefused | Reloaded
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from orchestrator.supervisor.events import (
     Exited,
     PoolEvent,
     Ready,
+    Reloaded,
     RequestFigures,
     RequestFinished,
     RequestRefused,
@@ -103,6 +104,7 @@ class PoolMetrics:
             ("model",),
             registry=r,
         )
+        self.reloads = Counter(f"{PREFIX}_reloads", "Configurations applied by a reload", registry=r)
         self.child_scrape_failures = Counter(
             f"{PREFIX}_child_scrape_failures", "Children left out of a scrape (no answer in time)",
             ("model",), registry=r,
@@ -131,6 +133,8 @@ class PoolMetrics:
             self.exits.labels(event.model, event.outcome.kind).inc()
         elif isinstance(event, BackingOff):
             self.backoffs.labels(event.model).inc()
+        elif isinstance(event, Reloaded):
+            self.reloads.inc()
 
     def _request(self, model: str, figures: RequestFigures) -> None:
         labels = (model, figures.asked, figures.route)

@@ -52,6 +52,7 @@ from orchestrator.supervisor.events import (
     PoolEvent,
     Published,
     Ready,
+    Reloaded,
     RequestFigures,
     RequestFinished,
     RequestRefused,
@@ -493,6 +494,7 @@ class Pool:
             else:
                 self._stop_soon(tenancy, StopReason.RELOAD, "no longer in the configuration, or changed")
                 stopping.append(tenancy.sidecar.key)
+        self.publish(Reloaded(ts=time.time(), kept=tuple(kept), stopping=tuple(stopping)))
         self._notify()
         return kept, stopping
 

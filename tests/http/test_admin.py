@@ -21,11 +21,13 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from orchestrator.config import load_config
 from orchestrator.errors import AmbiguousSidecarError, SidecarNotFoundError
 from orchestrator.http.admin import PoolView
-from orchestrator.routing import LlamaServerBinary
+from orchestrator.routing import LlamaServerBinary, RouteTable
+from orchestrator.runtime import Daemon
 from orchestrator.supervisor.stats import StatsSampler
-from tests.conftest import make_config, pid_alive, poll_until, running_daemon, wait_until
+from tests.conftest import make_config, pid_alive, poll_until, routes_for, running_daemon, wait_until
 from tests.fakes.sidecar_double import DoubleFactory, double_routes, pool_of_doubles
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
@@ -271,3 +273,30 @@ async def test_sidecar_names_resolve_by_key_then_route_then_unique_prefix(
         await pool.evict(base.key)
         with pytest.raises(SidecarNotFoundError):
             view.find("coder")  # a route name whose child is not running
+
+
+async def test_a_reload_sends_every_feed_a_fresh_snapshot_and_is_counted(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    path = tmp_path / "c.toml"
+    model = fake_model()
+
+    def write(names: str) -> None:
+        path.write_text("[server]\nport = 0\n" + "".join(f'[models.{n}]\npath = "{model}"\n' for n in names))
+
+    def load() -> RouteTable:
+        return routes_for(load_config(path), fake_binary)
+
+    write("a")
+    daemon = Daemon(load(), load)
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=30) as client:
+        url = await nursery.start(daemon.run)
+        async with open_websocket_url(ws_url(url, "/ws/events")) as ws:
+            assert [r["name"] for r in (await receive(ws))["routes"]] == ["a"]
+            write("ab")
+            assert (await client.post(f"{url}/api/reload")).status_code == 200
+            messages = await receive_until(ws, lambda m: m["type"] == "snapshot")
+            assert [m["type"] for m in messages] == ["reloaded", "snapshot"]
+            assert [r["name"] for r in messages[-1]["routes"]] == ["a", "b"]  # the dashboard redraws from it
+        assert "llama_sidecar_reloads_total 1.0" in (await client.get(f"{url}/metrics")).text
+        daemon.request_shutdown()
