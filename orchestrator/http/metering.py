@@ -23,6 +23,7 @@ class RequestMeter:
     def __init__(self, route: str) -> None:
         self.route = route
         self.asked = ""  # set once the name is known to be one of ours (labels stay bounded)
+        self.model: str | None = None  # the configured model it routes to, then
         self.status = 0
         self.code: str | None = None
         self._started = trio.current_time()

@@ -78,11 +78,6 @@ def request_flag_tokens(body: dict[str, Any], header: str | None) -> list[str]:
         raise FlagError([f"{REQUEST_FLAGS_HEADER} is not valid shell quoting: {error}"]) from error
 
 
-def _model_of(pool: Pool, asked: str) -> str | None:
-    """The configured model a known name routes to (for a refused request's labels)."""
-    return pool.routes.route(asked).model.name if asked else None
-
-
 def register_openai_routes(app: QuartTrio, pool: Pool) -> None:
     """POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models.
 
@@ -97,7 +92,7 @@ def register_openai_routes(app: QuartTrio, pool: Pool) -> None:
         except OrchestratorError as error:
             meter.failed(error.http.status, error.http.code)
             if not leased:
-                pool.refused(_model_of(pool, meter.asked), meter.figures())
+                pool.refused(meter.model, meter.figures())
             raise
 
     def refuse(meter: RequestMeter, message: str, code: str) -> Response:
@@ -123,7 +118,7 @@ def register_openai_routes(app: QuartTrio, pool: Pool) -> None:
             )
         name = body["model"]
         spec = routes.resolve(name, request_flag_tokens(body, request.headers.get(REQUEST_FLAGS_HEADER)))
-        meter.asked = name
+        meter.asked, meter.model = name, spec.model
         if REQUEST_FLAGS_FIELD in body:  # ours, not llama-server's
             raw = json.dumps(
                 {name: value for name, value in body.items() if name != REQUEST_FLAGS_FIELD}

@@ -36,6 +36,11 @@ def value(found: Samples, name: str, **labels: str) -> float:
     return found.get((name, frozenset(labels.items())), 0.0)
 
 
+async def in_flight(client: httpx.AsyncClient, url: str, model: str) -> bool:
+    sidecars = (await client.get(f"{url}/api/sidecars")).json()["sidecars"]
+    return any(s["model"] == model and s["in_flight"] > 0 for s in sidecars)
+
+
 def promtool_problems(text: str) -> list[str]:
     """What `promtool check metrics` says of an exposition, less llama.cpp's own naming (``llamacpp:``)."""
     promtool = shutil.which("promtool")
@@ -54,7 +59,11 @@ async def test_requests_tokens_refusals_and_the_children_series_in_one_scrape(
 ) -> None:
     config = make_config(
         tmp_path,
-        {"m": {"path": fake_model("m", tokens=5)}, "slow": {"path": fake_model("slow", metrics_delay_s=30)}},
+        {
+            "m": {"path": fake_model("m", tokens=5)},
+            "slow": {"path": fake_model("slow", metrics_delay_s=30)},
+            "one": {"path": fake_model("one", slots=1, reply_delay_s=1)},
+        },
         agents={"coder": {"model": "m", "flags": ["-c", "512"]}},
         pool={"max_queue": 0},
     )
@@ -73,6 +82,18 @@ async def test_requests_tokens_refusals_and_the_children_series_in_one_scrape(
         ).status_code == 404
         assert (await client.post(f"{url}/v1/chat/completions", content=b"{")).status_code == 400
         assert (await client.post(f"{url}/api/models/slow/load")).status_code == 200
+        codes: list[int] = []
+
+        async def ask_one() -> None:
+            answer = await client.post(f"{url}/v1/chat/completions", json={"model": "one", **CHAT})
+            codes.append(answer.status_code)
+
+        assert (await client.post(f"{url}/api/models/one/load")).status_code == 200
+        async with trio.open_nursery() as nursery:  # one slot, no queue: the second is refused
+            nursery.start_soon(ask_one)
+            await poll_until(partial(in_flight, client, url, "one"))
+            nursery.start_soon(ask_one)
+        assert sorted(codes) == [200, 429]
 
         scrape = await client.get(f"{url}/metrics")
         assert scrape.status_code == 200 and scrape.headers["content-type"].startswith("text/plain")
@@ -88,6 +109,13 @@ async def test_requests_tokens_refusals_and_the_children_series_in_one_scrape(
         assert value(found, "llama_sidecar_requests_total", model="", agent="", route=route, code="404") == 1
         assert value(found, "llama_sidecar_refused_requests_total", model="", code="model_not_found") == 1
         assert value(found, "llama_sidecar_refused_requests_total", model="", code="invalid_json") == 1
+        assert (
+            value(found, "llama_sidecar_refused_requests_total", model="one", code="sidecar_overloaded") == 1
+        )
+        assert (
+            value(found, "llama_sidecar_requests_total", model="one", agent="one", route=route, code="429")
+            == 1
+        )
         # the fake answers 5 tokens for 3 prompt tokens; the stream's come from its final timings event
         assert value(found, "llama_sidecar_generated_tokens_total", model="m", agent="m") == 10
         assert value(found, "llama_sidecar_generated_tokens_total", model="m", agent="coder") == 5
@@ -111,8 +139,8 @@ async def test_requests_tokens_refusals_and_the_children_series_in_one_scrape(
             for (name, labels), v in found.items()
             if name == "llamacpp:tokens_predicted_total"
         }
-        assert set(llamacpp) == {k for k in keys if k.startswith("m:")}
-        assert sum(llamacpp.values()) == 15
+        assert set(llamacpp) == {k for k in keys if k.startswith(("m:", "one:"))}
+        assert sum(llamacpp.values()) == 15 + 4  # m's three answers, one's one
         assert value(found, "llama_sidecar_child_scrape_failures_total", model="slow") == 1
         assert promtool_problems(scrape.text) == []
 
