@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,14 @@ def rows(results: Path) -> list[tuple[str, str, float]]:
         return list(db.execute("SELECT run_id, question_id, created FROM results ORDER BY created"))
 
 
+def answered_at_least(results: Path, count: int) -> bool:
+    """Whether the run has stored ``count`` answers (its database may not have its table yet)."""
+    try:
+        return (results / "evals.sqlite3").exists() and len(rows(results)) >= count
+    except sqlite3.OperationalError:  # "no such table": created, not yet set up
+        return False
+
+
 def run_args(suite: str, *, limit: int, max_tokens: int, url: str, results: Path) -> tuple[str, ...]:
     """`eval run` of SmolLM2 on the daemon at ``url``."""
     return ("run", "--suite", suite, "--model", "smollm2", "--limit", str(limit), "--max-tokens",
@@ -113,7 +122,7 @@ async def test_a_run_killed_in_the_middle_continues_where_it_stopped(
         command = run_args("gsm8k", limit=6, max_tokens=96, url=url, results=results)
         process = await trio.lowlevel.open_process(eval_command(*command), stderr=subprocess.DEVNULL)
         try:
-            await wait_until(lambda: (results / "evals.sqlite3").exists() and len(rows(results)) >= 2, 120)
+            await wait_until(partial(answered_at_least, results, 2), 120)
             process.send_signal(signal.SIGKILL)
             await process.wait()
         finally:
