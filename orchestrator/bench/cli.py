@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from orchestrator.bench.cold import ColdPlan, measure_cold, render_cold
 from orchestrator.bench.overhead import OverheadPlan, measure_overhead, render_overhead
@@ -68,6 +69,12 @@ def _model_name(args: argparse.Namespace, names: list[str]) -> str:
 def cmd_overhead(args: argparse.Namespace) -> int:
     config = None if args.url else load_cli_config(args.config)
     model = _model_name(args, list(config.models) if config else [])
+    if (args.compare_direct or args.compare_pid is not None) and not args.compare:
+        raise BenchError(
+            "--compare-direct and --compare-pid describe the --compare server: give --compare URL"
+        )
+    if args.compare_pid is not None and not psutil.pid_exists(args.compare_pid):
+        raise BenchError(f"--compare-pid {args.compare_pid}: no such process on this machine")
     plan = OverheadPlan(
         model=model,
         small_requests=args.requests,
@@ -76,6 +83,8 @@ def cmd_overhead(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         compare_url=args.compare,
         compare_model=args.compare_model,
+        compare_direct_url=args.compare_direct,
+        compare_pid=args.compare_pid,
     )
 
     async def run() -> dict[str, Any]:
@@ -181,6 +190,12 @@ def add_bench_parser(commands: Any) -> None:
     overhead.add_argument("--concurrency", type=_integers, default=(1, 4, 16), help="levels (1,4,16)")
     overhead.add_argument("--compare", metavar="URL", help="another OpenAI-compatible server, same model")
     overhead.add_argument("--compare-model", metavar="NAME", help="the model's name there")
+    overhead.add_argument(
+        "--compare-direct", metavar="URL", help="that server's own child, for its added latency against it"
+    )
+    overhead.add_argument(
+        "--compare-pid", type=int, metavar="PID", help="that server's pid, for its CPU and memory"
+    )
     overhead.set_defaults(handler=cmd_overhead)
 
     cold = tools.add_parser("cold", help="cold start to first token, readiness lag, and A -> B -> A swaps")

@@ -27,6 +27,8 @@ class OverheadPlan:
     concurrency: tuple[int, ...] = (1, 4, 16)
     compare_url: str | None = None  # another OpenAI-compatible server in front of the same model
     compare_model: str | None = None  # the model's name there (default: ``model``)
+    compare_direct_url: str | None = None  # that server's own child, reached directly
+    compare_pid: int | None = None  # that server's process, for its CPU and memory
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Endpoint:
     url: str
     model: str
     headers: dict[str, str]
+    baseline: str | None = None  # the endpoint (its own child, direct) its cost is measured against
 
 
 def small_body(model: str) -> dict[str, Any]:
@@ -104,6 +107,26 @@ async def throughput(
     return {"requests_per_s": requests / wall, "tokens_per_s": generated / wall}
 
 
+def endpoints_of(plan: OverheadPlan, through_url: str, port: int, headers: dict[str, str]) -> list[Endpoint]:
+    """Direct and through; the compared proxy, against its own child when that is given."""
+    endpoints = [
+        Endpoint("direct", f"http://127.0.0.1:{port}{CHAT}", plan.model, {}),
+        Endpoint("through", through_url, plan.model, headers, baseline="direct"),
+    ]
+    if plan.compare_url:
+        compare_model = plan.compare_model or plan.model
+        baseline = "direct"
+        if plan.compare_direct_url:
+            baseline = "compare-direct"
+            endpoints.append(
+                Endpoint(baseline, openai_base(plan.compare_direct_url) + CHAT, compare_model, {})
+            )
+        endpoints.append(
+            Endpoint("compare", openai_base(plan.compare_url) + CHAT, compare_model, {}, baseline=baseline)
+        )
+    return endpoints
+
+
 async def measure_overhead(
     target: Target, plan: OverheadPlan, say: Callable[[str], None] = lambda _text: None
 ) -> dict[str, Any]:
@@ -115,56 +138,58 @@ async def measure_overhead(
         say(f"starting {plan.model} through {target.url}")
         await measure.post(client, through_url, small_body(plan.model), dict(target.headers))
         port = await child_port(client, target, plan.model)
-        endpoints = [
-            Endpoint("direct", f"http://127.0.0.1:{port}{CHAT}", plan.model, {}),
-            Endpoint("through", through_url, plan.model, dict(target.headers)),
-        ]
-        if plan.compare_url:
-            compare = Endpoint(
-                "compare", openai_base(plan.compare_url) + CHAT, plan.compare_model or plan.model, {}
-            )
-            endpoints.append(compare)
+        endpoints = endpoints_of(plan, through_url, port, dict(target.headers))
         for endpoint in endpoints:  # warm every path: connections, caches
             for _ in range(3):
                 await measure.post(client, endpoint.url, small_body(endpoint.model), endpoint.headers)
 
-        meter = UsageMeter(target.pid) if target.pid is not None else None
+        pids = {"through": target.pid, "compare": plan.compare_pid if plan.compare_url else None}
+        meters = {name: UsageMeter(pid) for name, pid in pids.items() if pid is not None}
         async with trio.open_nursery() as background:
-            if meter is not None:
+            for meter in meters.values():
                 await background.start(meter.run)
-            results = await _measure_all(client, endpoints, plan, say)
+            results, phase_cpu = await _measure_all(client, endpoints, plan, meters, say)
             background.cancel_scope.cancel()
-    through_requests = plan.small_requests + plan.streams + sum(max(8, 2 * c) for c in plan.concurrency)
     report: dict[str, Any] = {
         "tool": "overhead",
         "model": plan.model,
         "machine": machine_description(),
         "plan": asdict(plan),
         "endpoints": [e.name for e in endpoints],
+        "baselines": {e.name: e.baseline for e in endpoints if e.baseline},
         "metrics": results,
+        "usage": {},
     }
-    if meter is not None:
+    for name, meter in meters.items():
         usage = meter.result()
-        report["daemon"] = {
+        report["usage"][name] = {
             "cpu_s": usage.cpu_s,
-            "cpu_ms_per_request": round(1000 * usage.cpu_s / through_requests, 3),
+            **phase_cpu[name],
             "peak_rss_mb": round(usage.peak_rss_bytes / 2**20, 1),
+            "final_rss_mb": round(usage.final_rss_bytes / 2**20, 1),
         }
     return report
 
 
 async def _measure_all(
-    client: httpx.AsyncClient, endpoints: list[Endpoint], plan: OverheadPlan, say: Callable[[str], None]
-) -> list[dict[str, Any]]:
+    client: httpx.AsyncClient,
+    endpoints: list[Endpoint],
+    plan: OverheadPlan,
+    meters: dict[str, UsageMeter],
+    say: Callable[[str], None],
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """The metrics, and each measured proxy's CPU per small request and per streamed chunk."""
     names = [e.name for e in endpoints]
     small: dict[str, list[float]] = {name: [] for name in names}
     say(f"{plan.small_requests} small requests per endpoint, interleaved")
+    cpu_at_start = {name: meter.cpu_s() for name, meter in meters.items()}
     for turn in range(plan.small_requests):
         for endpoint in rotated(endpoints, turn):
             latency, _ = await measure.post(
                 client, endpoint.url, small_body(endpoint.model), endpoint.headers
             )
             small[endpoint.name].append(latency * 1000)
+    cpu_after_small = {name: meter.cpu_s() for name, meter in meters.items()}
 
     say(f"{plan.streams} streams of {plan.stream_tokens} tokens per endpoint, interleaved")
     streams: dict[str, list[measure.StreamSample]] = {name: [] for name in names}
@@ -172,21 +197,36 @@ async def _measure_all(
         for endpoint in rotated(endpoints, turn):
             body = stream_body(endpoint.model, plan.stream_tokens)
             streams[endpoint.name].append(await measure.stream(client, endpoint.url, body, endpoint.headers))
+    phase_cpu = {
+        name: {
+            "cpu_ms_per_small_request": round(
+                1000 * (cpu_after_small[name] - cpu_at_start[name]) / plan.small_requests, 3
+            ),
+            "cpu_ms_per_chunk": round(
+                1000 * (meter.cpu_s() - cpu_after_small[name]) / max(1, sum(s.chunks for s in streams[name])),
+                3,
+            ),
+        }
+        for name, meter in meters.items()
+    }
 
     def per_endpoint(pick: Callable[[str], float]) -> dict[str, float]:
         return {name: pick(name) for name in names}
+
+    def entry(name: str, unit: str, better: str, values: dict[str, float]) -> dict[str, Any]:
+        return metric_entry(name, unit, better, values, endpoints)
 
     def gaps(name: str) -> list[float]:
         return [gap * 1000 for sample in streams[name] for gap in sample.gaps_s]
 
     metrics = [
-        _metric("small request p50", "ms", "lower", per_endpoint(lambda n: percentile(small[n], 0.5))),
-        _metric("small request p99", "ms", "lower", per_endpoint(lambda n: percentile(small[n], 0.99))),
-        _metric("TTFT p50", "ms", "lower",
+        entry("small request p50", "ms", "lower", per_endpoint(lambda n: percentile(small[n], 0.5))),
+        entry("small request p99", "ms", "lower", per_endpoint(lambda n: percentile(small[n], 0.99))),
+        entry("TTFT p50", "ms", "lower",
                 per_endpoint(lambda n: percentile([s.ttft_s * 1000 for s in streams[n]], 0.5))),
-        _metric("ITL p50", "ms", "lower", per_endpoint(lambda n: percentile(gaps(n), 0.5))),
-        _metric("ITL p99", "ms", "lower", per_endpoint(lambda n: percentile(gaps(n), 0.99))),
-        _metric("stream tokens/s", "tok/s", "higher",
+        entry("ITL p50", "ms", "lower", per_endpoint(lambda n: percentile(gaps(n), 0.5))),
+        entry("ITL p99", "ms", "lower", per_endpoint(lambda n: percentile(gaps(n), 0.99))),
+        entry("stream tokens/s", "tok/s", "higher",
                 per_endpoint(lambda n: mean_std([s.tokens_per_s for s in streams[n]])[0])),
     ]  # fmt: skip
     for concurrency in plan.concurrency:
@@ -197,44 +237,48 @@ async def _measure_all(
             level[endpoint.name] = await throughput(
                 client, endpoint, concurrency, requests, plan.stream_tokens
             )
-        metrics.append(_metric(f"c={concurrency} requests/s", "req/s", "higher",
+        metrics.append(entry(f"c={concurrency} requests/s", "req/s", "higher",
                                {n: level[n]["requests_per_s"] for n in names}))  # fmt: skip
-        metrics.append(_metric(f"c={concurrency} tokens/s", "tok/s", "higher",
+        metrics.append(entry(f"c={concurrency} tokens/s", "tok/s", "higher",
                                {n: level[n]["tokens_per_s"] for n in names}))  # fmt: skip
-    return metrics
+    return metrics, phase_cpu
 
 
-def _metric(name: str, unit: str, better: str, values: dict[str, float]) -> dict[str, Any]:
-    direct = values["direct"]
+def metric_entry(
+    name: str, unit: str, better: str, values: dict[str, float], endpoints: Sequence[Endpoint]
+) -> dict[str, Any]:
+    """One metric: each endpoint's value, and each proxy's ratio to (and, in ms, excess over) its baseline."""
+    proxies = [(e.name, e.baseline) for e in endpoints if e.baseline]
     entry: dict[str, Any] = {
         "name": name,
         "unit": unit,
         "better": better,
         "values": {key: round(value, 4) for key, value in values.items()},
-        "ratio": {key: round(ratio(value, direct), 4) for key, value in values.items() if key != "direct"},
+        "ratio": {key: round(ratio(values[key], values[base]), 4) for key, base in proxies},
     }
     if unit == "ms":
-        entry["added_ms"] = {
-            key: round(value - direct, 4) for key, value in values.items() if key != "direct"
-        }
+        entry["added_ms"] = {key: round(values[key] - values[base], 4) for key, base in proxies}
     return entry
 
 
 def render_overhead(report: dict[str, Any]) -> str:
-    """A markdown table: each metric for each endpoint, with through/direct (and compare/direct)."""
-    others = [name for name in report["endpoints"] if name != "direct"]
-    header = ["metric", *report["endpoints"], *(f"{name}/direct" for name in others)]
+    """A markdown table: each metric for each endpoint, and each proxy against its baseline."""
+    baselines: dict[str, str] = report["baselines"]
+    header = ["metric", *report["endpoints"], *(f"{name}/{base}" for name, base in baselines.items())]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for metric in report["metrics"]:
         values = [fmt(metric["values"][name], 2) for name in report["endpoints"]]
-        ratios = [fmt(metric["ratio"][name], 3) for name in others]
+        ratios = [fmt(metric["ratio"][name], 3) for name in baselines]
         lines.append(f"| {metric['name']} ({metric['unit']}) | " + " | ".join(values + ratios) + " |")
-    daemon = report.get("daemon")
-    if daemon:
-        lines.append("")
-        lines.append(
-            f"Daemon during the run: {daemon['cpu_s']:.2f} CPU s ({daemon['cpu_ms_per_request']:.2f} ms per "
-            f"proxied request), peak RSS {daemon['peak_rss_mb']:.1f} MB."
-        )
+    if report["usage"]:
+        lines += ["", "| proxy | CPU s | CPU ms per small request | CPU ms per streamed chunk | "
+                  "peak RSS (MB) | RSS after (MB) |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for name, usage in report["usage"].items():
+            lines.append(
+                f"| {name} | {usage['cpu_s']:.2f} | {usage['cpu_ms_per_small_request']:.3f} | "
+                f"{usage['cpu_ms_per_chunk']:.3f} | {usage['peak_rss_mb']:.1f} | "
+                f"{usage['final_rss_mb']:.1f} |"
+            )
+        lines.append("A proxy's processes are its own and their descendants, less the llama-server children.")
     lines.append(f"Model {report['model']}; {report['machine']}.")
     return "\n".join(lines)

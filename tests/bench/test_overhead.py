@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -37,11 +38,13 @@ def test_overhead_reports_both_paths_ratios_and_the_daemons_usage(
     assert small["added_ms"]["through"] == pytest.approx(
         small["values"]["through"] - small["values"]["direct"], abs=1e-3
     )
-    daemon = report["daemon"]
-    assert daemon["cpu_s"] > 0 and 10 < daemon["peak_rss_mb"] < 1000
+    assert report["baselines"] == {"through": "direct"}
+    daemon = report["usage"]["through"]  # the spawned daemon and its watchdog, not the children
+    assert daemon["cpu_s"] > 0 and 10 < daemon["final_rss_mb"] <= daemon["peak_rss_mb"] < 1000
+    assert daemon["cpu_ms_per_small_request"] > 0 and daemon["cpu_ms_per_chunk"] > 0
     printed = capsys.readouterr().out
     assert "| small request p50 (ms) |" in printed and "through/direct" in printed
-    assert "peak RSS" in printed
+    assert "| through | " in printed and "CPU ms per small request" in printed
 
 
 def test_overhead_against_an_unreachable_daemon_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -51,6 +54,10 @@ def test_overhead_against_an_unreachable_daemon_is_a_clear_error(capsys: pytest.
         assert main(["bench", tool, "--url", "http://127.0.0.1:9"]) == 1
         expected = "name the model or agent to measure on http://127.0.0.1:9 with --model"
         assert expected in capsys.readouterr().err
+    assert (
+        main(["bench", "overhead", "--url", "http://127.0.0.1:9", "--model", "m", "--compare-pid", "1"]) == 1
+    )
+    assert "give --compare URL" in capsys.readouterr().err
 
 
 @pytest.mark.real
@@ -68,8 +75,24 @@ async def test_overhead_attaches_to_a_running_daemon_and_adds_a_compare_column(
         ]  # fmt: skip
         result = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
         assert result.returncode == 0, result.stderr.decode()[-2000:]
+        # Against the compared proxy's own child (here the same daemon again), with its pid.
+        with_direct = [*command, "--compare-direct", url, "--compare-pid", str(os.getpid())]
+        with_direct[with_direct.index("--json") + 1] = str(tmp_path / "direct.json")
+        second = await trio.run_process(with_direct, capture_stdout=True, capture_stderr=True, check=False)
+        assert second.returncode == 0, second.stderr.decode()[-2000:]
     report = json.loads(report_path.read_text())
     assert report["endpoints"] == ["direct", "through", "compare"]
+    assert report["baselines"] == {"through": "direct", "compare": "direct"}
     assert all(metric["ratio"]["compare"] > 0 for metric in report["metrics"])
-    assert report["daemon"]["peak_rss_mb"] > 10  # this process, found through /api/stats
+    assert report["usage"]["through"]["peak_rss_mb"] > 10  # this process, found through /api/stats
+    assert "compare" not in report["usage"]  # no pid given for it
     assert "compare/direct" in result.stdout.decode()
+    report = json.loads((tmp_path / "direct.json").read_text())
+    assert report["endpoints"] == ["direct", "through", "compare-direct", "compare"]
+    assert report["baselines"] == {"through": "direct", "compare": "compare-direct"}
+    small = report["metrics"][0]
+    assert small["added_ms"]["compare"] == pytest.approx(
+        small["values"]["compare"] - small["values"]["compare-direct"], abs=1e-3
+    )
+    assert report["usage"]["compare"]["cpu_s"] > 0
+    assert "compare/compare-direct" in second.stdout.decode()
