@@ -13,7 +13,7 @@ from orchestrator.bench import measure
 from orchestrator.bench.summary import fmt, mean_std, percentile, ratio
 from orchestrator.bench.target import Target
 from orchestrator.bench.usage import UsageMeter, machine_description
-from orchestrator.errors import BenchError
+from orchestrator.errors import BenchError, RequestFailed
 
 CHAT = "/v1/chat/completions"
 
@@ -83,20 +83,34 @@ async def child_port(client: httpx.AsyncClient, target: Target, model: str) -> i
     raise BenchError(f"{model} has no running child at {target.url}")
 
 
+@dataclass(frozen=True)
+class Throughput:
+    requests_per_s: float  # of the requests that succeeded
+    tokens_per_s: float
+    failed: int
+    first_failure: str | None
+
+
 async def throughput(
     client: httpx.AsyncClient, endpoint: Endpoint, concurrency: int, requests: int, tokens: int
-) -> dict[str, float]:
-    """``requests`` streams from ``concurrency`` clients at once: requests/s and tokens/s."""
+) -> Throughput:
+    """``requests`` streams from ``concurrency`` clients at once; a request that fails is counted, not
+    retried, and the level goes on (a proxy that drops some under load should show it, not end the run)."""
     remaining = requests
     generated = 0
+    failures: list[str] = []
 
     async def worker() -> None:
         nonlocal remaining, generated
         while remaining > 0:
             remaining -= 1
-            sample = await measure.stream(
-                client, endpoint.url, stream_body(endpoint.model, tokens), endpoint.headers
-            )
+            try:
+                sample = await measure.stream(
+                    client, endpoint.url, stream_body(endpoint.model, tokens), endpoint.headers
+                )
+            except (RequestFailed, httpx.TransportError) as failure:
+                failures.append(str(failure) or type(failure).__name__)
+                continue
             generated += sample.chunks
 
     started = trio.current_time()
@@ -104,7 +118,8 @@ async def throughput(
         for _ in range(concurrency):
             nursery.start_soon(worker)
     wall = trio.current_time() - started
-    return {"requests_per_s": requests / wall, "tokens_per_s": generated / wall}
+    served = requests - len(failures)
+    return Throughput(served / wall, generated / wall, len(failures), failures[0] if failures else None)
 
 
 def endpoints_of(plan: OverheadPlan, through_url: str, port: int, headers: dict[str, str]) -> list[Endpoint]:
@@ -148,7 +163,7 @@ async def measure_overhead(
         async with trio.open_nursery() as background:
             for meter in meters.values():
                 await background.start(meter.run)
-            results, phase_cpu = await _measure_all(client, endpoints, plan, meters, say)
+            measured = await _measure_all(client, endpoints, plan, meters, say)
             background.cancel_scope.cancel()
     report: dict[str, Any] = {
         "tool": "overhead",
@@ -157,18 +172,26 @@ async def measure_overhead(
         "plan": asdict(plan),
         "endpoints": [e.name for e in endpoints],
         "baselines": {e.name: e.baseline for e in endpoints if e.baseline},
-        "metrics": results,
+        "metrics": measured.metrics,
+        "failures": measured.failures,
         "usage": {},
     }
     for name, meter in meters.items():
         usage = meter.result()
         report["usage"][name] = {
             "cpu_s": usage.cpu_s,
-            **phase_cpu[name],
+            **measured.cpu[name],
             "peak_rss_mb": round(usage.peak_rss_bytes / 2**20, 1),
             "final_rss_mb": round(usage.final_rss_bytes / 2**20, 1),
         }
     return report
+
+
+@dataclass(frozen=True)
+class Measured:
+    metrics: list[dict[str, Any]]
+    cpu: dict[str, dict[str, float]]  # each measured proxy's CPU per small request and per streamed chunk
+    failures: list[dict[str, Any]]  # requests that failed in a throughput level
 
 
 async def _measure_all(
@@ -177,8 +200,7 @@ async def _measure_all(
     plan: OverheadPlan,
     meters: dict[str, UsageMeter],
     say: Callable[[str], None],
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
-    """The metrics, and each measured proxy's CPU per small request and per streamed chunk."""
+) -> Measured:
     names = [e.name for e in endpoints]
     small: dict[str, list[float]] = {name: [] for name in names}
     say(f"{plan.small_requests} small requests per endpoint, interleaved")
@@ -229,19 +251,26 @@ async def _measure_all(
         entry("stream tokens/s", "tok/s", "higher",
                 per_endpoint(lambda n: mean_std([s.tokens_per_s for s in streams[n]])[0])),
     ]  # fmt: skip
+    failures: list[dict[str, Any]] = []
     for concurrency in plan.concurrency:
         requests = max(8, 2 * concurrency)
         say(f"throughput at concurrency {concurrency}: {requests} streams per endpoint")
-        level: dict[str, dict[str, float]] = {}
+        level: dict[str, Throughput] = {}
         for endpoint in rotated(endpoints, concurrency):
             level[endpoint.name] = await throughput(
                 client, endpoint, concurrency, requests, plan.stream_tokens
             )
+            result = level[endpoint.name]
+            if result.failed:
+                failures.append(
+                    {"level": f"c={concurrency}", "endpoint": endpoint.name, "failed": result.failed,
+                     "of": requests, "first": result.first_failure}
+                )  # fmt: skip
         metrics.append(entry(f"c={concurrency} requests/s", "req/s", "higher",
-                               {n: level[n]["requests_per_s"] for n in names}))  # fmt: skip
+                               {n: level[n].requests_per_s for n in names}))  # fmt: skip
         metrics.append(entry(f"c={concurrency} tokens/s", "tok/s", "higher",
-                               {n: level[n]["tokens_per_s"] for n in names}))  # fmt: skip
-    return metrics, phase_cpu
+                               {n: level[n].tokens_per_s for n in names}))  # fmt: skip
+    return Measured(metrics, phase_cpu, failures)
 
 
 def metric_entry(
@@ -280,5 +309,10 @@ def render_overhead(report: dict[str, Any]) -> str:
                 f"{usage['final_rss_mb']:.1f} |"
             )
         lines.append("A proxy's processes are its own and their descendants, less the llama-server children.")
+    for failure in report["failures"]:
+        lines.append(
+            f"{failure['endpoint']} failed {failure['failed']} of {failure['of']} requests at "
+            f"{failure['level']} (its rates count the others); the first: {failure['first']}"
+        )
     lines.append(f"Model {report['model']}; {report['machine']}.")
     return "\n".join(lines)

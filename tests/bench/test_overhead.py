@@ -8,9 +8,11 @@ import os
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
+from orchestrator.bench.overhead import CHAT, Endpoint, throughput
 from orchestrator.cli import main
 from orchestrator.routing import LlamaServerBinary
 from tests.conftest import make_config, running_daemon
@@ -96,3 +98,26 @@ async def test_overhead_attaches_to_a_running_daemon_and_adds_a_compare_column(
     )
     assert report["usage"]["compare"]["cpu_s"] > 0
     assert "compare/compare-direct" in second.stdout.decode()
+
+
+async def test_a_throughput_level_counts_failed_requests_and_goes_on() -> None:
+    # A proxy that drops some requests under load (llama-swap answers some 502 at concurrency 16
+    # here) is reported as such: the run is not lost, and its rates count what was served.
+    served = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal served
+        if json.loads(request.content)["stream"] is not True or request.url.path != CHAT:
+            return httpx.Response(400)
+        served += 1
+        if served % 2 == 0:
+            return httpx.Response(502)
+        events = [{"choices": [{"delta": {"content": f"t{i}"}}]} for i in range(4)]
+        body = "".join(f"data: {json.dumps(event)}\n\n" for event in events) + "data: [DONE]\n\n"
+        return httpx.Response(200, content=body.encode(), headers={"content-type": "text/event-stream"})
+
+    endpoint = Endpoint("compare", f"http://proxy.test{CHAT}", "m", {})
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        result = await throughput(client, endpoint, concurrency=2, requests=6, tokens=4)
+    assert result.failed == 3 and result.first_failure is not None and "HTTP 502" in result.first_failure
+    assert result.requests_per_s > 0 and result.tokens_per_s == pytest.approx(4 * result.requests_per_s)
