@@ -13,8 +13,15 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.http.admin import Reloader, register_admin_routes
 from orchestrator.http.exchange import ExchangeEnd
 from orchestrator.http.gate import AccessGate
-from orchestrator.http.openai_errors import error_response, response_for
-from orchestrator.http.proxy import register_openai_routes
+from orchestrator.http.openai_errors import (
+    INTERNAL_ERROR,
+    as_response,
+    body_too_large,
+    error_response,
+    method_not_allowed,
+    response_for,
+)
+from orchestrator.http.proxy import OpenAIProxy, register_openai_routes
 from orchestrator.supervisor.metrics import PoolMetrics
 from orchestrator.supervisor.pool import Pool
 from orchestrator.supervisor.stats import StatsSampler
@@ -27,10 +34,12 @@ def create_app(pool: Pool, stats: StatsSampler, metrics: PoolMetrics, reload: Re
     # Model responses can take minutes; these limits would cut them silently.
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["BODY_TIMEOUT"] = None
-    app.config["MAX_CONTENT_LENGTH"] = pool.routes.config.server.max_body_bytes  # fixed until restart
-    # Outermost: nothing is reached before the host, origin and key rules are passed.
+    max_body_bytes = pool.routes.config.server.max_body_bytes  # fixed until restart
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    # Outermost: nothing is reached before the host, origin and key rules are passed. Then the
+    # exchange's resources, then the OpenAI routes' fast path (proxy), then Quart for the rest.
     app.asgi_app = AccessGate(  # type: ignore[method-assign]
-        ExchangeEnd(app.asgi_app),
+        ExchangeEnd(OpenAIProxy(app.asgi_app, pool, max_body_bytes)),
         lambda: pool.routes.config.server,  # the keys may change on reload
     )
 
@@ -44,13 +53,9 @@ def create_app(pool: Pool, stats: StatsSampler, metrics: PoolMetrics, reload: Re
         if status == 404:
             message, code = f"no route {request.method} {request.path}", "not_found"
         elif status == 405:
-            message, code = f"{request.method} is not allowed on {request.path}", "method_not_allowed"
+            return as_response(method_not_allowed(request.method, request.path))
         elif status == 413:
-            limit = app.config["MAX_CONTENT_LENGTH"]
-            message, code = (
-                f"the request body is larger than {limit} bytes (server.max_body_bytes)",
-                "body_too_large",
-            )
+            return as_response(body_too_large(max_body_bytes))
         else:
             message, code = (
                 f"{error.name}: {error.description}",
@@ -63,7 +68,7 @@ def create_app(pool: Pool, stats: StatsSampler, metrics: PoolMetrics, reload: Re
         # A bug, not bad input: log it whole, answer in the OpenAI shape, keep serving.
         where = f"{request.method} {request.path}" if has_request_context() else f"websocket {websocket.path}"
         log.error("unexpected error on %s", where, exc_info=error)
-        return error_response(500, "internal error (logged by the daemon)", "server_error", "internal_error")
+        return as_response(INTERNAL_ERROR)
 
     register_openai_routes(app, pool)
     register_admin_routes(app, pool, stats, reload)

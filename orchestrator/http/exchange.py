@@ -22,8 +22,14 @@ from contextlib import AsyncExitStack
 from typing import Any, cast
 
 import trio
-from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
-from quart import request
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    ASGISendEvent,
+    HTTPScope,
+    Scope,
+)
 
 _RESOURCES = "orchestrator.resources"
 _CLOSE_TIMEOUT_S = 5.0
@@ -59,6 +65,6 @@ class ExchangeEnd:
                 await stack.aclose()
 
 
-def request_resources() -> AsyncExitStack:
-    """The current request's exit stack."""
-    return cast(AsyncExitStack, cast(dict[str, Any], request.scope)[_RESOURCES])
+def resources_of(scope: HTTPScope) -> AsyncExitStack:
+    """The exit stack of the exchange ``scope`` belongs to."""
+    return cast(AsyncExitStack, cast(dict[str, Any], scope)[_RESOURCES])

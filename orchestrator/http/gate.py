@@ -23,7 +23,7 @@ from hypercorn.typing import (
 
 from orchestrator.auth import AccessRules, Exchange, Refusal, presented_key
 from orchestrator.config import ServerSettings
-from orchestrator.http.openai_errors import error_body
+from orchestrator.http.openai_errors import ErrorReply, error_reply, reply_head, send_reply
 
 _WANTED = frozenset({b"host", b"origin", b"authorization", b"x-api-key"})
 
@@ -70,27 +70,20 @@ class AccessGate:
         if refusal is None:
             await self._app(scope, receive, send)
         elif scope["type"] == "http":
-            await _refuse_http(refusal, send)
+            await send_reply(send, _refusal_reply(refusal))
         else:
             await _refuse_websocket(refusal, receive, send)
 
 
-def _refusal_head(refusal: Refusal) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+def _refusal_reply(refusal: Refusal) -> ErrorReply:
     kind = "invalid_request_error" if refusal.status == 401 else "permission_error"
-    body = error_body(refusal.message, kind, refusal.code)
-    return body, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-
-
-async def _refuse_http(refusal: Refusal, send: ASGISendCallable) -> None:
-    body, headers = _refusal_head(refusal)
-    await send(
-        {"type": "http.response.start", "status": refusal.status, "headers": headers, "trailers": False}
-    )
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    return error_reply(refusal.status, refusal.message, kind, refusal.code)
 
 
 async def _refuse_websocket(refusal: Refusal, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
     await receive()  # websocket.connect: the handshake, answered below with an HTTP response
-    body, headers = _refusal_head(refusal)
-    await send({"type": "websocket.http.response.start", "status": refusal.status, "headers": headers})
-    await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
+    reply = _refusal_reply(refusal)
+    await send(
+        {"type": "websocket.http.response.start", "status": reply.status, "headers": reply_head(reply)}
+    )
+    await send({"type": "websocket.http.response.body", "body": reply.body, "more_body": False})

@@ -1,9 +1,17 @@
 """The OpenAI routes: a request leases a sidecar and gets the child's own response, streamed.
 
+POST on the OpenAI routes is the hot path, so it is answered here, in ASGI
+middleware of the one Quart-Trio app, below Quart's request and response
+objects (which cost more per request than the proxying itself). It sits inside
+the same AccessGate (host, origin, keys) and ExchangeEnd (what the exchange
+holds is released however it ends; the last send shielded) as every Quart
+route, and answers errors with the same replies (openai_errors). Everything
+else, ``GET /v1/models`` included, goes on to Quart.
+
 The body is forwarded untouched (less our ``llama_flags`` field) and the
-child's response comes back chunk by chunk, SSE included. The lease and the
-upstream response go on the request's exit stack (see exchange.ExchangeEnd),
-so they are released however the exchange ends.
+child's response comes back chunk by chunk, SSE included, each chunk sent as
+it arrives. A client that leaves cancels the exchange: the upstream response
+is closed unfinished, which is how llama-server learns to stop generating.
 """
 
 from __future__ import annotations
@@ -11,50 +19,40 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-from quart import Response, request
+import trio
+from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 from quart_trio import QuartTrio
-from werkzeug.datastructures import Headers
 
 from orchestrator.errors import FlagError, OrchestratorError, UpstreamError
-from orchestrator.http.exchange import request_resources
+from orchestrator.http.exchange import resources_of
 from orchestrator.http.metering import RequestMeter
-from orchestrator.http.openai_errors import error_response
-from orchestrator.routing import SidecarSpec
+from orchestrator.http.openai_errors import (
+    INTERNAL_ERROR,
+    ErrorReply,
+    body_too_large,
+    error_reply,
+    method_not_allowed,
+    reply_for,
+    send_reply,
+)
 from orchestrator.supervisor.pool import Pool
 from orchestrator.supervisor.upstream import UpstreamResponse
 
 log = logging.getLogger("orchestrator.http.proxy")
 
-OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+OPENAI_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 # Never forwarded: per-connection headers, and CORS headers (llama-server allows
 # every origin; a web page must not be able to drive the daemon through us).
 _DROPPED_RESPONSE_HEADERS = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-     "proxy-authenticate", "proxy-authorization", "server", "date"}
+    {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
+     b"proxy-authenticate", b"proxy-authorization", b"server", b"date"}
 )  # fmt: skip
-
-
-async def _relay(upstream: UpstreamResponse, meter: RequestMeter) -> AsyncIterator[bytes]:
-    """The child's body, chunk by chunk; an SSE stream that breaks ends with an error event."""
-    try:
-        async with aclosing(upstream.chunks()) as chunks:  # closed at once when the client leaves
-            async for chunk in chunks:
-                meter.seen(chunk)
-                yield chunk
-    except UpstreamError as failure:
-        log.warning("%s", failure)
-        meter.failed(failure.http.status, failure.http.code)
-        if upstream.header("content-type").startswith("text/event-stream"):
-            event = {"error": {"message": str(failure), "type": "server_error", "code": failure.http.code}}
-            yield f"data: {json.dumps(event)}\n\n".encode()
-
-
 REQUEST_FLAGS_FIELD = "llama_flags"
 REQUEST_FLAGS_HEADER = "X-Llama-Flags"
+_FLAGS_HEADER = REQUEST_FLAGS_HEADER.lower().encode()
 
 
 def request_flag_tokens(body: dict[str, Any], header: str | None) -> list[str]:
@@ -78,72 +76,187 @@ def request_flag_tokens(body: dict[str, Any], header: str | None) -> list[str]:
         raise FlagError([f"{REQUEST_FLAGS_HEADER} is not valid shell quoting: {error}"]) from error
 
 
-def register_openai_routes(app: QuartTrio, pool: Pool) -> None:
-    """POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models.
+class _ClientLeft(Exception):
+    """The client disconnected before its request body was whole."""
 
-    The routes are the pool's current ones, read per request: a reload applies at once.
-    """
 
-    async def forward() -> Response:
-        meter = RequestMeter(request.path)
-        leased: list[SidecarSpec] = []  # the spec, once a child is leased (its lease reports then)
+class _Refused(Exception):
+    """The request is answered with an error of ours, before any child is asked."""
+
+    def __init__(self, reply: ErrorReply) -> None:
+        super().__init__(reply.status)
+        self.reply = reply
+
+
+def _bad_request(message: str, code: str) -> _Refused:
+    return _Refused(error_reply(400, message, "invalid_request_error", code))
+
+
+class OpenAIProxy:
+    """ASGI middleware: answers POST on the OpenAI routes from the pool; passes the rest on."""
+
+    def __init__(self, app: ASGIFramework, pool: Pool, max_body_bytes: int) -> None:
+        self._app = app
+        self._pool = pool
+        self._max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        if scope["type"] != "http" or scope["path"] not in OPENAI_ROUTES:
+            await self._app(scope, receive, send)
+        elif scope["method"] != "POST":
+            await send_reply(send, method_not_allowed(scope["method"], scope["path"]))
+        else:
+            await self._exchange(scope, receive, send)
+
+    async def _exchange(self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        meter = RequestMeter(scope["path"])
         try:
-            return await answer(meter, leased)
+            raw = await self._body(scope, receive)
+        except _ClientLeft:
+            return
+        except _Refused as refused:
+            await self._refuse(send, meter, refused.reply)
+            return
+        async with trio.open_nursery() as nursery:
+            # The client's leaving is only heard on receive(): listen while the answer is made.
+            nursery.start_soon(_cancel_when_the_client_leaves, receive, nursery.cancel_scope)
+            await self._answer(scope, raw, meter, send)
+            nursery.cancel_scope.cancel()
+
+    async def _body(self, scope: HTTPScope, receive: ASGIReceiveCallable) -> bytes:
+        limit = self._max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise _Refused(body_too_large(limit))
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientLeft
+            assert message["type"] == "http.request"
+            part = message.get("body", b"")
+            size += len(part)
+            if size > limit:
+                raise _Refused(body_too_large(limit))
+            parts.append(part)
+            if not message.get("more_body", False):
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _refuse(self, send: ASGISendCallable, meter: RequestMeter, reply: ErrorReply) -> None:
+        meter.failed(reply.status, reply.code)
+        self._pool.refused(meter.model, meter.figures())
+        await send_reply(send, reply)
+
+    async def _answer(
+        self, scope: HTTPScope, raw: bytes, meter: RequestMeter, send: ASGISendCallable
+    ) -> None:
+        leased = False  # once a child is leased, its lease reports how the request went
+        started = False  # once the response head is sent, errors can only end the body
+        try:
+            routes = self._pool.routes
+            body = _parsed(raw)
+            headers = dict(scope["headers"])
+            flags_header = headers.get(_FLAGS_HEADER)
+            name = body["model"]
+            spec = routes.resolve(
+                name,
+                request_flag_tokens(body, None if flags_header is None else flags_header.decode("latin-1")),
+            )
+            meter.asked, meter.model = name, spec.model
+            if REQUEST_FLAGS_FIELD in body:  # ours, not llama-server's
+                raw = json.dumps(
+                    {key: value for key, value in body.items() if key != REQUEST_FLAGS_FIELD}
+                ).encode()
+            resources = resources_of(scope)
+            sidecar = await resources.enter_async_context(self._pool.lease(spec, meter.figures))
+            leased = True
+            forwarded = [
+                ("content-type", headers.get(b"content-type", b"application/json").decode("latin-1")),
+                ("accept", headers.get(b"accept", b"*/*").decode("latin-1")),
+                ("accept-encoding", "identity"),
+            ]
+            # The idle timeout is the longest silence allowed: before the headers and between chunks.
+            idle_timeout = routes.config.llama_server.upstream_idle_timeout_s
+            upstream = await sidecar.upstream.request("POST", scope["path"], forwarded, raw, idle_timeout)
+            resources.callback(upstream.close)
+            meter.answered(upstream.status, upstream.header("content-type"))
+            head = [
+                (name, value)
+                for name, value in upstream.headers
+                if name not in _DROPPED_RESPONSE_HEADERS and not name.startswith(b"access-control-")
+            ]
+            await send(
+                {"type": "http.response.start", "status": upstream.status, "headers": head, "trailers": False}
+            )
+            started = True
+            await _relay(upstream, meter, send)
+        except _Refused as refused:
+            await self._refuse(send, meter, refused.reply)
         except OrchestratorError as error:
             meter.failed(error.http.status, error.http.code)
             if not leased:
-                pool.refused(meter.model, meter.figures())
-            raise
+                self._pool.refused(meter.model, meter.figures())
+            if not started:
+                await send_reply(send, reply_for(error))
+        except Exception as error:  # a bug, not bad input: log it whole, answer if we still can, keep serving
+            log.error("unexpected error on POST %s", scope["path"], exc_info=error)
+            if not started:
+                await send_reply(send, INTERNAL_ERROR)
 
-    def refuse(meter: RequestMeter, message: str, code: str) -> Response:
-        meter.failed(400, code)
-        pool.refused(None, meter.figures())
-        return error_response(400, message, "invalid_request_error", code)
 
-    async def answer(meter: RequestMeter, leased: list[SidecarSpec]) -> Response:
-        routes = pool.routes
-        idle_timeout = routes.config.llama_server.upstream_idle_timeout_s
-        raw = await request.get_data(cache=False)
-        assert isinstance(raw, bytes)
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-            return refuse(meter, f"the request body is not valid JSON: {error}", "invalid_json")
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
-            return refuse(
-                meter,
-                "the request body must be a JSON object with a non-empty string field 'model' "
-                "(an agent, model or alias name; see GET /v1/models)",
-                "missing_model",
-            )
-        name = body["model"]
-        spec = routes.resolve(name, request_flag_tokens(body, request.headers.get(REQUEST_FLAGS_HEADER)))
-        meter.asked, meter.model = name, spec.model
-        if REQUEST_FLAGS_FIELD in body:  # ours, not llama-server's
-            raw = json.dumps(
-                {name: value for name, value in body.items() if name != REQUEST_FLAGS_FIELD}
-            ).encode()
-        resources = request_resources()
-        sidecar = await resources.enter_async_context(pool.lease(spec, meter.figures))
-        leased.append(spec)
-        forwarded = [
-            ("content-type", request.headers.get("content-type", "application/json")),
-            ("accept", request.headers.get("accept", "*/*")),
-            ("accept-encoding", "identity"),
-        ]
-        # The idle timeout is the longest silence allowed: before the headers and between chunks.
-        upstream = await sidecar.upstream.request("POST", request.path, forwarded, raw, idle_timeout)
-        resources.callback(upstream.close)
-        meter.answered(upstream.status, upstream.header("content-type"))
-        headers = Headers(
-            (name, value)  # h11 gives names in lower case
-            for name, value in upstream.headers
-            if name not in _DROPPED_RESPONSE_HEADERS and not name.startswith("access-control-")
+def _parsed(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object with a model name, or the 400 that says what is wrong."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise _bad_request(f"the request body is not valid JSON: {error}", "invalid_json") from error
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
+        raise _bad_request(
+            "the request body must be a JSON object with a non-empty string field 'model' "
+            "(an agent, model or alias name; see GET /v1/models)",
+            "missing_model",
         )
-        return Response(_relay(upstream, meter), status=upstream.status, headers=headers)
+    return body
 
-    for path in OPENAI_ROUTES:
-        app.add_url_rule(path, endpoint=path, view_func=forward, methods=["POST"])
+
+async def _relay(upstream: UpstreamResponse, meter: RequestMeter, send: ASGISendCallable) -> None:
+    """The child's body to the client, chunk by chunk; an SSE stream that breaks ends with an error event."""
+    ended = False
+    try:
+        async with aclosing(upstream.chunks()) as chunks:
+            async for chunk in chunks:
+                meter.seen(chunk)
+                ended = upstream.complete  # the last chunk ends the response itself: one send fewer
+                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
+    except UpstreamError as failure:
+        log.warning("%s", failure)
+        meter.failed(failure.http.status, failure.http.code)
+        if upstream.header("content-type").startswith("text/event-stream"):
+            event = {"error": {"message": str(failure), "type": "server_error", "code": failure.http.code}}
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": f"data: {json.dumps(event)}\n\n".encode(),
+                    "more_body": False,
+                }
+            )
+            ended = True
+    if not ended:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _cancel_when_the_client_leaves(receive: ASGIReceiveCallable, exchange: trio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass  # nothing else comes once the body is read
+    exchange.cancel()
+
+
+def register_openai_routes(app: QuartTrio, pool: Pool) -> None:
+    """GET /v1/models, in Quart (POST on the OpenAI routes is OpenAIProxy's).
+
+    The routes are the pool's current ones, read per request: a reload applies at once.
+    """
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:

@@ -16,6 +16,8 @@ a response read to its end returns its connection for the next request.
 from __future__ import annotations
 
 import errno
+import os
+import socket
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 
@@ -27,25 +29,37 @@ from orchestrator.errors import StaleConnectionError, UpstreamError, UpstreamTim
 CONNECT_TIMEOUT_S = 5.0
 MAX_IDLE_CONNECTIONS = 32
 RECEIVE_BYTES = 65536
+_CONNECTING = {errno.EINPROGRESS, errno.EWOULDBLOCK, getattr(errno, "WSAEWOULDBLOCK", errno.EWOULDBLOCK)}
 
 
 class _Connection:
-    """One socket and its HTTP/1.1 state."""
+    """One socket and its HTTP/1.1 state.
 
-    def __init__(self, stream: trio.SocketStream, reused: bool = False) -> None:
-        self.stream = stream
+    The socket is a plain non-blocking one, read and written directly and waited
+    for with trio's wait_readable / wait_writable: a chunk then costs one wait and
+    one read, where a trio stream's receive would try a read first (which fails
+    when the chunk is not there yet) and add a scheduler pass after each call.
+    """
+
+    def __init__(self, sock: socket.socket, reused: bool = False) -> None:
+        self.sock = sock
         self.state = h11.Connection(h11.CLIENT)
         self.reused = reused
 
     def close(self) -> None:
-        self.stream.socket.close()
+        trio.lowlevel.notify_closing(self.sock)  # a task still waiting on it is woken, not left hanging
+        self.sock.close()
 
     async def send(self, events: Sequence[h11.Event], idle_timeout_s: float) -> None:
         """Send ``events``; a child that takes none of it for ``idle_timeout_s`` is as silent as one
         that sends nothing."""
-        data = b"".join(self.state.send(event) or b"" for event in events)
+        data = memoryview(b"".join(self.state.send(event) or b"" for event in events))
         with trio.move_on_after(idle_timeout_s) as waiting:
-            await self.stream.send_all(data)
+            while data:
+                try:
+                    data = data[self.sock.send(data) :]
+                except BlockingIOError:  # its receive buffer is full: wait until it takes more
+                    await trio.lowlevel.wait_writable(self.sock)
         if waiting.cancelled_caught:
             raise TimeoutError
 
@@ -57,9 +71,13 @@ class _Connection:
                 assert not isinstance(event, type)  # h11's other sentinel, PAUSED, needs a new request
                 return event
             with trio.move_on_after(idle_timeout_s) as waiting:
-                data = await self.stream.receive_some(RECEIVE_BYTES)
+                await trio.lowlevel.wait_readable(self.sock)
             if waiting.cancelled_caught:
                 raise TimeoutError
+            try:
+                data = self.sock.recv(RECEIVE_BYTES)
+            except BlockingIOError:  # woken with nothing to read after all: wait again
+                continue
             self.state.receive_data(data)
 
 
@@ -70,32 +88,48 @@ class UpstreamResponse:
         self, upstream: Upstream, connection: _Connection, head: h11.Response, idle_timeout_s: float
     ) -> None:
         self.status = head.status_code
-        self.headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers]
+        self.headers: list[tuple[bytes, bytes]] = list(head.headers)  # names in lower case, as h11 gives them
         self._upstream = upstream
         self._connection: _Connection | None = connection
         self._idle_timeout_s = idle_timeout_s
-        self._complete = False
+        self.complete = False  # the whole body has arrived (true while its last chunk is being handed on)
 
     def header(self, name: str) -> str:
-        """A response header's value ('' if absent); ``name`` in lower case, as h11 gives them all."""
-        return next((value for key, value in self.headers if key == name), "")
+        """A response header's value ('' if absent); ``name`` in lower case."""
+        wanted = name.encode()
+        return next((value.decode("latin-1") for key, value in self.headers if key == wanted), "")
 
     async def chunks(self) -> AsyncGenerator[bytes]:
-        """The body as the child sends it; UpstreamError (or UpstreamTimeoutError) if it breaks off."""
+        """The body as the child sends it; UpstreamError (or UpstreamTimeoutError) if it breaks off.
+
+        When a chunk is the last, ``complete`` is already true as it is handed on,
+        so the relay can end the client's response with it rather than after it.
+        """
         connection = self._connection
         assert connection is not None, "the response was closed"
+        event: h11.Event | None = None  # the next one, when it came with the last
         while True:
             try:
-                event = await connection.next_event(self._idle_timeout_s)
+                if event is None:
+                    event = await connection.next_event(self._idle_timeout_s)
+                # What has arrived with a chunk, if anything: NEED_DATA, the next chunk or the end.
+                following = connection.state.next_event() if isinstance(event, h11.Data) else None
             except TimeoutError:
                 raise self._upstream.timeout(self._idle_timeout_s) from None
             except (h11.RemoteProtocolError, OSError, trio.BrokenResourceError) as error:
                 raise self._upstream.failure("failed mid-response", error) from error
             if isinstance(event, h11.Data):
-                yield bytes(event.data)
+                data = bytes(event.data)
+                event = following if isinstance(following, h11.Event) else None
+                self.complete = isinstance(event, h11.EndOfMessage)
+                yield data
+                if self.complete:
+                    return
             elif isinstance(event, h11.EndOfMessage):
-                self._complete = True
+                self.complete = True
                 return
+            else:
+                event = None  # nothing else comes in a response body
 
     async def read(self) -> bytes:
         """The whole body (for small responses), then close."""
@@ -109,7 +143,7 @@ class UpstreamResponse:
         """Give the connection back if the response was read to its end; else close it."""
         connection, self._connection = self._connection, None
         if connection is not None:
-            self._upstream.release(connection, reusable=self._complete)
+            self._upstream.release(connection, reusable=self.complete)
 
 
 class Upstream:
@@ -199,12 +233,24 @@ class Upstream:
             raise StaleConnectionError from error
 
     async def _connect(self) -> _Connection:
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
         try:
-            with trio.fail_after(CONNECT_TIMEOUT_S):
-                stream = await trio.open_tcp_stream(self.host, self.port)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a request goes in one write
+            failed = sock.connect_ex((self.host, self.port))
+            if failed in _CONNECTING:  # under way: done (or refused) once writable
+                with trio.fail_after(CONNECT_TIMEOUT_S):
+                    await trio.lowlevel.wait_writable(sock)
+                failed = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if failed:
+                raise OSError(failed, os.strerror(failed))
         except (trio.TooSlowError, OSError) as error:  # not listening (any more), or not accepting
+            sock.close()
             raise self.failure("did not accept a connection", error) from error
-        return _Connection(stream)
+        except BaseException:
+            sock.close()
+            raise
+        return _Connection(sock)
 
     def failure(self, what: str, error: BaseException | None) -> UpstreamError:
         if isinstance(error, OSError) and error.errno is not None:
