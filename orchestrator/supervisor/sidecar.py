@@ -58,6 +58,7 @@ PORT_ATTEMPTS = 3  # tries on different ports when the port was taken under us
 READY_POLL_FIRST_S = 0.01  # readiness polls start fast and back off to...
 READY_POLL_MAX_S = 0.25  # ...this; a stderr hint short-cuts the wait
 PIPE_EOF_GRACE_S = 2.0  # after the group is killed, the pipes must close within this
+STDERR_GATHER_S = 0.2  # a serving child's stderr is read at most this often, but for a flood
 DEFAULT_SLOTS = 4  # llama-server's default --parallel
 _READY_HINT = re.compile(r"model loaded|listening on")
 _BIND_FAILED = "couldn't bind HTTP server socket"
@@ -211,7 +212,9 @@ class Sidecar(Lifecycle):
                 log.info("%s started pid %d: %s", self.label, process.pid, " ".join(self.argv))
                 self._emit(Starting, pid=process.pid, port=port, argv=tuple(self.argv))
                 assert process.stdout is not None and process.stderr is not None
-                pipes.start_soon(logtail.pump_lines, process.stderr, self._on_stderr_line)
+                pipes.start_soon(
+                    logtail.pump_lines, process.stderr, self._on_stderr_line, self._stderr_gather_s
+                )
                 pipes.start_soon(logtail.drain, process.stdout)
                 life.start_soon(self._cancel_when_exited, process, life.cancel_scope)
                 timeout = self._settings.health_timeout_s
@@ -297,6 +300,10 @@ class Sidecar(Lifecycle):
     async def _cancel_when_exited(process: trio.Process, scope: trio.CancelScope) -> None:
         await process.wait()
         scope.cancel()
+
+    def _stderr_gather_s(self) -> float:
+        # While it loads, each line may be the one readiness waits for; once it serves, none is urgent.
+        return 0.0 if self._state is State.STARTING else STDERR_GATHER_S
 
     def _on_stderr_line(self, text: str) -> None:
         self.stderr.append(text)
