@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from orchestrator import admission, llamaswap, logsetup
 from orchestrator import flags as flagmod
@@ -122,6 +120,8 @@ def _auth_headers() -> dict[str, str]:
 
 
 def _api(method: str, url: str) -> Any:
+    import httpx  # the client commands' only: not loaded by the daemon
+
     try:
         response = httpx.request(method, url, timeout=30.0, headers=_auth_headers())
     except httpx.HTTPError as error:
@@ -239,6 +239,8 @@ def _ws_url(url: str, path: str) -> str:
 
 
 async def _feed(url: str, path: str, show: Callable[[dict[str, Any]], bool]) -> None:
+    from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url  # as httpx in _api
+
     """Print a websocket feed's messages with ``show`` until it returns False or the feed ends."""
     try:
         headers = [(name.encode(), value.encode()) for name, value in _auth_headers().items()]

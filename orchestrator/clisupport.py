@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -39,3 +41,13 @@ def load_cli_config(path: str | None) -> Config:
     for note in config.notes:
         print(f"note: {note}", file=sys.stderr)
     return config
+
+
+def lazy_handler(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """A command handler that imports ``module`` when the command runs, not when the parser is built."""
+
+    def handler(args: argparse.Namespace) -> int:
+        command: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), name)
+        return command(args)
+
+    return handler

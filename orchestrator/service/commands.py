@@ -97,24 +97,3 @@ def cmd_status(args: argparse.Namespace) -> int:
         answering, detail = False, f"{type(error).__name__}: {error}"
     print(f"url: {url} {'answers' if answering else 'does not answer'} /health ({detail})")
     return 0 if answering and installed else 3
-
-
-def add_service_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    service = commands.add_parser("service", help="run the daemon as a service (systemd, launchd, Windows)")
-    tools = service.add_subparsers(dest="service_command", required=True, metavar="SUBCOMMAND")
-    for name, handler, text in (
-        ("install", cmd_install, "install and start the service"),
-        ("uninstall", cmd_uninstall, "stop and remove the service"),
-        ("status", cmd_status, "installed? enabled? running? and does it answer?"),
-    ):
-        command = tools.add_parser(name, help=text)
-        command.add_argument(
-            "--user", action="store_true", help="a per-user service (default: system-wide, needs root)"
-        )
-        if name != "uninstall":
-            command.add_argument("--config", metavar="PATH", help="the config to serve (default: the demo)")
-        if name != "status":
-            command.add_argument(
-                "--print", action="store_true", help="show the files and commands instead of running them"
-            )
-        command.set_defaults(handler=handler)
