@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,22 +104,22 @@ class LogFeed:
 async def pump_lines(
     stream: trio.abc.ReceiveStream,
     on_line: Callable[[str], None],
-    gather_s: Callable[[], float] = lambda: 0.0,
+    pause: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Read ``stream`` to its end, calling ``on_line`` for each line.
 
-    After a read that did not fill the buffer, the next waits ``gather_s()``: a
-    child that writes its log line by line (llama-server writes several lines per
-    request) then wakes the daemon once per batch rather than once per line, and
-    the pipe holds what comes meanwhile. A read that fills the buffer is followed
-    at once, so a flood is read as fast as it comes.
+    After a read that did not fill the buffer, ``pause()`` is awaited before the
+    next: a child that writes its log line by line (llama-server writes several
+    lines per request) then wakes the daemon once per batch rather than once per
+    line, and the pipe holds what comes meanwhile. A read that fills the buffer
+    is followed at once, so a flood is read as fast as it comes.
     """
     splitter = LineSplitter()
     while chunk := await stream.receive_some(_READ_SIZE):
         for line in splitter.feed(chunk):
             on_line(line)
-        if len(chunk) < _READ_SIZE and (pause := gather_s()) > 0:
-            await trio.sleep(pause)
+        if len(chunk) < _READ_SIZE and pause is not None:
+            await pause()
     for line in splitter.flush():
         on_line(line)
 

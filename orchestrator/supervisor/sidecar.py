@@ -102,6 +102,7 @@ class Sidecar(Lifecycle):
         self._settled = trio.Event()  # ready, or gone
         self._exited = trio.Event()
         self._hint = trio.Event()
+        self._process_exited = trio.Event()  # the current process (not the whole run) has exited
         self._port_taken = False
         self._stop_requested = False
         self._life: trio.CancelScope | None = None
@@ -196,6 +197,7 @@ class Sidecar(Lifecycle):
         if self._upstream is not None:  # the previous process (its port was taken) is gone
             self._upstream.close()
         self._upstream = Upstream(CHILD_HOST, port, self.label)
+        self._process_exited = trio.Event()
         self._port_taken = False
         process: trio.Process | None = None
         async with trio.open_nursery() as pipes:
@@ -212,9 +214,7 @@ class Sidecar(Lifecycle):
                 log.info("%s started pid %d: %s", self.label, process.pid, " ".join(self.argv))
                 self._emit(Starting, pid=process.pid, port=port, argv=tuple(self.argv))
                 assert process.stdout is not None and process.stderr is not None
-                pipes.start_soon(
-                    logtail.pump_lines, process.stderr, self._on_stderr_line, self._stderr_gather_s
-                )
+                pipes.start_soon(logtail.pump_lines, process.stderr, self._on_stderr_line, self._stderr_pause)
                 pipes.start_soon(logtail.drain, process.stdout)
                 life.start_soon(self._cancel_when_exited, process, life.cancel_scope)
                 timeout = self._settings.health_timeout_s
@@ -233,6 +233,7 @@ class Sidecar(Lifecycle):
                 return False
             # The direct child has exited; now no one in its group may survive.
             procgroup.kill_group(process.pid)
+            self._process_exited.set()  # however it ended (a stop cancels the wait above): read the rest now
             pipes.cancel_scope.deadline = trio.current_time() + PIPE_EOF_GRACE_S
         assert process.returncode is not None
         self._exit_code = process.returncode
@@ -296,14 +297,17 @@ class Sidecar(Lifecycle):
                         self.label, self._settings.stop_grace_s)  # fmt: skip
         procgroup.kill_group(process.pid)
 
-    @staticmethod
-    async def _cancel_when_exited(process: trio.Process, scope: trio.CancelScope) -> None:
+    async def _cancel_when_exited(self, process: trio.Process, scope: trio.CancelScope) -> None:
         await process.wait()
+        self._process_exited.set()
         scope.cancel()
 
-    def _stderr_gather_s(self) -> float:
-        # While it loads, each line may be the one readiness waits for; once it serves, none is urgent.
-        return 0.0 if self._state is State.STARTING else STDERR_GATHER_S
+    async def _stderr_pause(self) -> None:
+        # While it loads, each line may be the one readiness waits for; once it serves, none is
+        # urgent until it exits, when the rest is read at once (its outcome waits for the pipes).
+        if self._state is not State.STARTING:
+            with trio.move_on_after(STDERR_GATHER_S):
+                await self._process_exited.wait()
 
     def _on_stderr_line(self, text: str) -> None:
         self.stderr.append(text)
