@@ -74,7 +74,7 @@ async def _doctor(routes: RouteTable) -> str:
         async with pool.lease(spec) as sidecar:
             loaded = trio.current_time() - started
             body = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
-            json_type = [("content-type", "application/json")]
+            json_type = [(b"content-type", b"application/json")]
             try:
                 response = await sidecar.upstream.request(
                     "POST", "/v1/chat/completions", json_type, json.dumps(body).encode(), idle_timeout_s=120

@@ -29,7 +29,7 @@ meaning is ``CLI_ONLY``.
     └── DataMissingError         CLI only
 
     Internal signals, never shown to anyone as they are (plain Exceptions):
-    HelpUnreadableError, StaleConnectionError, AskFailed, RequestFailed
+    HelpUnreadableError, StaleConnectionError, MalformedResponseError, AskFailed, RequestFailed
 """
 
 from __future__ import annotations
@@ -222,6 +222,10 @@ class HelpUnreadableError(Exception):
 
 class StaleConnectionError(Exception):
     """A kept-alive connection was closed by the child before it answered: safe to send again."""
+
+
+class MalformedResponseError(Exception):
+    """What a child sent is not an HTTP/1.1 response, or it cut one short (the upstream names the child)."""
 
 
 class AskFailed(Exception):

@@ -172,9 +172,9 @@ class OpenAIProxy:
             sidecar = await resources.enter_async_context(self._pool.lease(spec, meter.figures))
             leased = True
             forwarded = [
-                ("content-type", headers.get(b"content-type", b"application/json").decode("latin-1")),
-                ("accept", headers.get(b"accept", b"*/*").decode("latin-1")),
-                ("accept-encoding", "identity"),
+                (b"content-type", headers.get(b"content-type", b"application/json")),
+                (b"accept", headers.get(b"accept", b"*/*")),
+                (b"accept-encoding", b"identity"),
             ]
             # The idle timeout is the longest silence allowed: before the headers and between chunks.
             idle_timeout = routes.config.llama_server.upstream_idle_timeout_s

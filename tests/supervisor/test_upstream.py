@@ -144,7 +144,9 @@ async def scripted_child() -> AsyncIterator[tuple[ScriptedChild, Upstream]]:
 
 async def test_a_response_streams_chunk_by_chunk_and_its_connection_serves_the_next_request() -> None:
     async with scripted_child() as (child, upstream):
-        response = await upstream.request("POST", "/stream", [("content-type", "application/json")], b"{}", 5)
+        response = await upstream.request(
+            "POST", "/stream", [(b"content-type", b"application/json")], b"{}", 5
+        )
         assert response.status == 200 and response.header("transfer-encoding") == "chunked"
         async with aclosing(response.chunks()) as chunks:
             for expected in (b"one ", b"two ", b"three"):
