@@ -33,9 +33,10 @@ from hypercorn.typing import (
 
 _RESOURCES = "orchestrator.resources"
 _CLOSE_TIMEOUT_S = 5.0
-# Bounds the shielded send: the last message carries no body to speak of (at most a
-# chunked terminator), so only a client that stopped reading could hold it up.
+# Bounds the shielded send: the last message carries a small body at most (a bigger one is
+# sent before it, unshielded), so only a client that stopped reading could hold it up.
 _LAST_SEND_TIMEOUT_S = 5.0
+_LAST_SEND_MAX_BYTES = 64 * 1024
 
 
 class ExchangeEnd:
@@ -50,10 +51,13 @@ class ExchangeEnd:
             return
 
         async def send_last_shielded(message: ASGISendEvent) -> None:
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                with trio.CancelScope(shield=True), trio.move_on_after(_LAST_SEND_TIMEOUT_S):
-                    await send(message)
-            else:
+            if message["type"] != "http.response.body" or message.get("more_body", False):
+                await send(message)
+                return
+            if len(message.get("body", b"")) > _LAST_SEND_MAX_BYTES:  # a slow client may take long
+                await send({"type": "http.response.body", "body": message["body"], "more_body": True})
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            with _shielded_for(_LAST_SEND_TIMEOUT_S):
                 await send(message)
 
         stack = AsyncExitStack()
@@ -61,8 +65,13 @@ class ExchangeEnd:
         try:
             await self._app(scope, receive, send_last_shielded)
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
+            with _shielded_for(_CLOSE_TIMEOUT_S):
                 await stack.aclose()
+
+
+def _shielded_for(seconds: float) -> trio.CancelScope:
+    """Shielded from outside cancellation, yet given up after ``seconds`` (one scope, not two)."""
+    return trio.CancelScope(shield=True, deadline=trio.current_time() + seconds)
 
 
 def resources_of(scope: HTTPScope) -> AsyncExitStack:

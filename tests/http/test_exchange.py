@@ -1,4 +1,4 @@
-"""The end of each exchange: idle keep-alive connections stay managed after every one.
+"""The end of each exchange: idle keep-alive connections stay managed after every one; the last send.
 
 Agents hold pooled connections to the daemon between requests. Such an idle
 connection must be closed when the daemon shuts down (not wait out
@@ -8,12 +8,23 @@ server.shutdown_grace_s), whichever route its last request took.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import h11
 import trio
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    ASGISendEvent,
+    Scope,
+)
 
+from orchestrator.http.exchange import ExchangeEnd
 from orchestrator.routing import LlamaServerBinary
 from orchestrator.runtime import Daemon
 from tests.conftest import make_config, routes_for
@@ -73,3 +84,30 @@ async def test_idle_keep_alive_connections_are_closed_at_shutdown_without_waitin
             await stopped.wait()
         for stream in idle:
             await stream.aclose()
+
+
+async def test_a_small_last_body_is_sent_in_one_bounded_send_and_a_big_one_before_it_unbounded() -> None:
+    sent: list[tuple[int, bool, bool]] = []  # body size, more_body, bounded (the shielded last send)
+
+    async def record(message: ASGISendEvent) -> None:
+        if message["type"] == "http.response.body":
+            bounded = trio.current_effective_deadline() < math.inf
+            sent.append((len(message.get("body", b"")), message.get("more_body", False), bounded))
+
+    def app_sending(size: int) -> ASGIFramework:
+        async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": False})
+            await send({"type": "http.response.body", "body": b"x" * size, "more_body": False})
+
+        return app
+
+    scope = cast(Scope, {"type": "http", "path": "/", "headers": []})
+    await ExchangeEnd(app_sending(1000))(scope, _no_receive, record)
+    assert sent == [(1000, False, True)]
+    sent.clear()
+    await ExchangeEnd(app_sending(1 << 20))(scope, _no_receive, record)
+    assert sent == [(1 << 20, True, False), (0, False, True)]  # a slow client may take long over 1 MiB
+
+
+async def _no_receive() -> ASGIReceiveEvent:
+    raise AssertionError("the app does not receive")
