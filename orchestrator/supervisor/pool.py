@@ -167,6 +167,8 @@ class Pool:
         self._spawns: dict[str, int] = {}  # per key; forgotten with its crash history (see _forget)
         self._crashes = CrashHistory(routes.config.pool.crash_loop)
         self._changed = trio.Event()
+        self._expiry_alarm = math.inf  # when _expire_idle looks next, unless woken sooner
+        self._expiry_review = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._port_cursor = self._settings.port_range[0]
 
@@ -205,11 +207,12 @@ class Pool:
         finally:
             tenancy.in_flight -= 1
             tenancy.last_used = trio.current_time()
+            ttl = sidecar.spec.idle_ttl_s
             if tenancy.in_flight == 0:
                 tenancy.idle.set()
             finished = None if figures is None else figures()
             self._publish(sidecar, RequestFinished, in_flight=tenancy.in_flight, figures=finished)
-            self._notify()
+            self._notify(idle_until=tenancy.last_used + ttl if ttl and not tenancy.in_flight else math.inf)
 
     def refused(self, model: str | None, figures: RequestFigures) -> None:
         """A request answered without a child (an error of ours): for the metrics and the feeds."""
@@ -520,8 +523,9 @@ class Pool:
                 ttl = tenancy.sidecar.spec.idle_ttl_s
                 self._stop_soon(tenancy, StopReason.TTL, f"idle for {ttl:g} s (its idle TTL)")
             next_expiry = policy.next_expiry(t.occupant() for t in self._live.values())
-            with trio.move_on_at(math.inf if next_expiry is None else next_expiry):
-                await self._changed.wait()
+            self._expiry_alarm = math.inf if next_expiry is None else next_expiry
+            with trio.move_on_at(self._expiry_alarm):
+                await self._expiry_review.wait()
 
     # -- what sidecars tell us -------------------------------------------------
 
@@ -592,9 +596,18 @@ class Pool:
         """Send an event that concerns no one sidecar (a stats sample, a refusal) on."""
         self._emit(event, None)
 
-    def _notify(self) -> None:
+    def _notify(self, *, idle_until: float = -math.inf) -> None:
+        """Wake whoever waits for a change in the pool.
+
+        ``idle_until``: the change is only a lease's end, whose child expires no sooner
+        than that; the idle-expiry task is left asleep if its alarm rings first anyway
+        (under load, one wakeup fewer per request).
+        """
         self._changed.set()
         self._changed = trio.Event()
+        if idle_until < self._expiry_alarm:
+            self._expiry_review.set()
+            self._expiry_review = trio.Event()
 
     async def wait_changed(self) -> None:
         """Until anything in the pool changes (a child's state, a lease, a waiter)."""
