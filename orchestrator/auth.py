@@ -28,6 +28,7 @@ Pure logic. Every request and websocket handshake is judged here, in this order:
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import re
@@ -146,6 +147,7 @@ def host_entry_problem(entry: str) -> str | None:
     return f"{entry!r} is not a host name or address (no scheme, port or path; '*' means any)"
 
 
+@functools.lru_cache(maxsize=64)  # asked of the bind address on every request
 def is_loopback(host: str) -> bool:
     host = normal_host(host)
     if host == "localhost":
