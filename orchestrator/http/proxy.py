@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-from contextlib import aclosing
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import trio
@@ -50,6 +51,10 @@ _DROPPED_RESPONSE_HEADERS = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
      b"proxy-authenticate", b"proxy-authorization", b"server", b"date"}
 )  # fmt: skip
+# hypercorn's HTTP/1: once a request is read, nothing more is read from the client until the
+# response is over, so its leaving shows only when a send to it fails, and only a body sent in
+# pieces has sends that can fail before the end. HTTP/2 reads on: it is listened to throughout.
+_HEARD_ONLY_AFTER_A_SEND = frozenset({"1.0", "1.1"})
 REQUEST_FLAGS_FIELD = "llama_flags"
 REQUEST_FLAGS_HEADER = "X-Llama-Flags"
 _FLAGS_HEADER = REQUEST_FLAGS_HEADER.lower().encode()
@@ -117,11 +122,11 @@ class OpenAIProxy:
         except _Refused as refused:
             await self._refuse(send, meter, refused.reply)
             return
-        async with trio.open_nursery() as nursery:
-            # The client's leaving is only heard on receive(): listen while the answer is made.
-            nursery.start_soon(_cancel_when_the_client_leaves, receive, nursery.cancel_scope)
-            await self._answer(scope, raw, meter, send)
-            nursery.cancel_scope.cancel()
+        if scope["http_version"] in _HEARD_ONLY_AFTER_A_SEND:
+            await self._answer(scope, raw, meter, send, listen=receive)
+        else:
+            async with _cancelled_if_the_client_leaves(receive):
+                await self._answer(scope, raw, meter, send, listen=None)
 
     async def _body(self, scope: HTTPScope, receive: ASGIReceiveCallable) -> bytes:
         limit = self._max_body_bytes
@@ -149,8 +154,15 @@ class OpenAIProxy:
         await send_reply(send, reply)
 
     async def _answer(
-        self, scope: HTTPScope, raw: bytes, meter: RequestMeter, send: ASGISendCallable
+        self,
+        scope: HTTPScope,
+        raw: bytes,
+        meter: RequestMeter,
+        send: ASGISendCallable,
+        listen: ASGIReceiveCallable | None,
     ) -> None:
+        """``listen``: where to hear the client leave once the body turns out to come in pieces
+        (None: heard already)."""
         leased = False  # once a child is leased, its lease reports how the request went
         started = False  # once the response head is sent, errors can only end the body
         try:
@@ -190,7 +202,7 @@ class OpenAIProxy:
                 {"type": "http.response.start", "status": upstream.status, "headers": head, "trailers": False}
             )
             started = True
-            await _relay(upstream, meter, send)
+            await _relay(upstream, meter, send, listen)
         except _Refused as refused:
             await self._refuse(send, meter, refused.reply)
         except OrchestratorError as error:
@@ -220,30 +232,64 @@ def _parsed(raw: bytes) -> dict[str, Any]:
     return body
 
 
-async def _relay(upstream: UpstreamResponse, meter: RequestMeter, send: ASGISendCallable) -> None:
-    """The child's body to the client, chunk by chunk; an SSE stream that breaks ends with an error event."""
-    ended = False
+async def _relay(
+    upstream: UpstreamResponse,
+    meter: RequestMeter,
+    send: ASGISendCallable,
+    listen: ASGIReceiveCallable | None,
+) -> None:
+    """The child's body to the client, piece by piece.
+
+    With ``listen``, the client's leaving is listened for once more than one piece comes.
+    """
+    async with aclosing(upstream.chunks()) as chunks:
+        ended = await _relay_pieces(chunks, upstream, meter, send, first_only=listen is not None)
+        if listen is not None and not ended and not upstream.complete:
+            async with _cancelled_if_the_client_leaves(listen):
+                ended = await _relay_pieces(chunks, upstream, meter, send, first_only=False)
+    if not ended:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _relay_pieces(
+    chunks: AsyncIterator[bytes],
+    upstream: UpstreamResponse,
+    meter: RequestMeter,
+    send: ASGISendCallable,
+    *,
+    first_only: bool,
+) -> bool:
+    """Pieces of the body to the client (only the first, if ``first_only``); True once it is ended.
+
+    A body that breaks off ends there; an SSE stream, with an error event.
+    """
     try:
-        async with aclosing(upstream.chunks()) as chunks:
-            async for chunk in chunks:
-                meter.seen(chunk)
-                ended = upstream.complete  # the last chunk ends the response itself: one send fewer
-                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
+        async for chunk in chunks:
+            meter.seen(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": not upstream.complete})
+            if upstream.complete:  # the last piece ends the response itself: one send fewer
+                return True
+            if first_only:
+                break
     except UpstreamError as failure:
         log.warning("%s", failure)
         meter.failed(failure.http.status, failure.http.code)
+        ending = b""
         if upstream.header("content-type").startswith("text/event-stream"):
             event = {"error": {"message": str(failure), "type": "server_error", "code": failure.http.code}}
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": f"data: {json.dumps(event)}\n\n".encode(),
-                    "more_body": False,
-                }
-            )
-            ended = True
-    if not ended:
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            ending = f"data: {json.dumps(event)}\n\n".encode()
+        await send({"type": "http.response.body", "body": ending, "more_body": False})
+        return True
+    return False
+
+
+@asynccontextmanager
+async def _cancelled_if_the_client_leaves(receive: ASGIReceiveCallable) -> AsyncIterator[None]:
+    """The block is cancelled if the client disconnects meanwhile (which is heard on receive() only)."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_cancel_when_the_client_leaves, receive, nursery.cancel_scope)
+        yield
+        nursery.cancel_scope.cancel()
 
 
 async def _cancel_when_the_client_leaves(receive: ASGIReceiveCallable, exchange: trio.CancelScope) -> None:
