@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
@@ -46,11 +48,15 @@ RATE_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200, 300, 500, 1000, 2000
 CHILD_SCRAPE_TIMEOUT_S = 2.0
 
 
+_Metric = TypeVar("_Metric", bound=MetricWrapperBase)
+
+
 class PoolMetrics:
     """The daemon's metrics registry, fed by ``pool``'s events."""
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
+        self._series_of: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         request_labels = ("model", "agent", "route")
@@ -138,16 +144,25 @@ class PoolMetrics:
 
     def _request(self, model: str, figures: RequestFigures) -> None:
         labels = (model, figures.asked, figures.route)
-        self.requests.labels(*labels, str(figures.status)).inc()
-        self.duration.labels(*labels).observe(figures.duration_s)
+        self._series(self.requests, *labels, str(figures.status)).inc()
+        self._series(self.duration, *labels).observe(figures.duration_s)
         if figures.ttft_s is not None:
-            self.ttft.labels(*labels).observe(figures.ttft_s)
+            self._series(self.ttft, *labels).observe(figures.ttft_s)
         if figures.prompt_tokens is not None:
-            self.prompt_tokens.labels(model, figures.asked).inc(figures.prompt_tokens)
+            self._series(self.prompt_tokens, model, figures.asked).inc(figures.prompt_tokens)
         if figures.generated_tokens is not None:
-            self.generated_tokens.labels(model, figures.asked).inc(figures.generated_tokens)
+            self._series(self.generated_tokens, model, figures.asked).inc(figures.generated_tokens)
         if figures.tokens_per_s is not None:
-            self.generation_rate.labels(model, figures.asked).observe(figures.tokens_per_s)
+            self._series(self.generation_rate, model, figures.asked).observe(figures.tokens_per_s)
+
+    def _series(self, metric: _Metric, *values: str) -> _Metric:
+        """``metric.labels(*values)``, kept: prometheus_client checks and converts the values on every call,
+        and a request observes up to six series."""
+        key = (metric, values)
+        series = self._series_of.get(key)
+        if series is None:
+            series = self._series_of[key] = metric.labels(*values)
+        return series  # type: ignore[return-value]  # labels() gives the metric's own type
 
     async def exposition(self, timeout_s: float = CHILD_SCRAPE_TIMEOUT_S) -> bytes:
         """The text exposition: ours, then every answering child's series with its labels."""

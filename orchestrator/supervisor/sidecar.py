@@ -311,7 +311,8 @@ class Sidecar(Lifecycle):
 
     def _on_stderr_line(self, text: str) -> None:
         self.stderr.append(text)
-        child_log.log(self._echo_level, "%s %s", self.label, text)
+        if child_log.isEnabledFor(self._echo_level):  # llama-server logs several lines per request
+            child_log.log(self._echo_level, "%s %s", self.label, text)
         if self._state is State.STARTING:
             if _ACCOUNTING in text and len(self._accounting) < ACCOUNTING_LINES:
                 self._accounting.append(text)
