@@ -131,21 +131,30 @@ class Daemon:
             served.set()
 
     async def _cut_stuck_connections(self, port: int, served: trio.Event) -> None:
-        """Once shutdown has had its grace (or a second signal came), cut what still holds it up.
+        """Once shutdown has had its grace, cut what still holds it up; at once on a second signal,
+        or when the daemon is cancelled without a shutdown (its parent failed).
 
-        Shielded: a second signal cancels everything, and a connection stuck in
-        hypercorn's shielded write would then hold the process forever.
+        Shielded once shutdown begins: a second signal cancels everything, and a
+        connection stuck in hypercorn's shielded write would then hold the process
+        forever. The wait for a shutdown is not: a cancelled daemon gets none.
         """
-        with trio.CancelScope(shield=True):
+        cancelled = True
+        try:
             await self._shutdown.wait()
-            cut_at = trio.current_time() + self.config.server.shutdown_grace_s + CUT_AFTER_GRACE_S
-            while not served.is_set():
-                with trio.move_on_after(CUT_CHECK_S):
-                    await served.wait()
-                if served.is_set() or not (self._stopping_at_once or trio.current_time() >= cut_at):
-                    continue
-                if severed := sever_connections(port):
-                    log.warning("shutdown: cut %d connection(s) whose clients stopped reading", severed)
+            cancelled = False
+        finally:
+            with trio.CancelScope(shield=True):
+                grace = 0.0 if cancelled else self.config.server.shutdown_grace_s + CUT_AFTER_GRACE_S
+                await self._cut_until_served(port, served, trio.current_time() + grace)
+
+    async def _cut_until_served(self, port: int, served: trio.Event, cut_at: float) -> None:
+        while not served.is_set():
+            with trio.move_on_after(CUT_CHECK_S):
+                await served.wait()
+            if served.is_set() or not (self._stopping_at_once or trio.current_time() >= cut_at):
+                continue
+            if severed := sever_connections(port):
+                log.warning("shutdown: cut %d connection(s) whose clients stopped reading", severed)
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the configuration and apply it; ConfigError (old config kept) if it is invalid.

@@ -117,6 +117,37 @@ async def test_shutdown_lets_an_in_flight_stream_finish_then_stops_the_child(
     assert child.pid is not None and not pid_alive(child.pid)
 
 
+def test_a_daemon_cancelled_without_a_shutdown_returns_and_stops_its_children(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    """As when the task that runs it fails: no shutdown is requested, everything is cancelled.
+
+    In a thread with its own trio loop: a daemon that does not return (it once waited,
+    shielded, for a shutdown that never came) fails this test instead of hanging the suite.
+    """
+    config = make_config(tmp_path, {"m": {"path": fake_model(tokens=100, token_delay_s=0.05)}})
+    daemon = Daemon(routes_for(config, fake_binary))
+    child_pids: list[int | None] = []
+
+    async def cancel_mid_request() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(daemon.run)
+            async with httpx.AsyncClient(timeout=30) as client:
+                body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+                async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+                    await response.aiter_lines().__anext__()  # a request in flight
+                    assert daemon.pool is not None
+                    child_pids.extend(child.pid for child in daemon.pool.sidecars())
+                    nursery.cancel_scope.cancel()
+
+    thread = threading.Thread(target=trio.run, args=(cancel_mid_request,), daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive(), "the cancelled daemon did not return"
+    [pid] = child_pids
+    assert pid is not None and not pid_alive(pid)
+
+
 async def test_reload_keeps_unchanged_children_drains_the_rest_and_refuses_bad_configs(
     tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
 ) -> None:
