@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import trio
@@ -16,6 +16,8 @@ from orchestrator.bench.usage import UsageMeter, machine_description
 from orchestrator.errors import BenchError, RequestFailed
 
 CHAT = "/v1/chat/completions"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -83,19 +85,27 @@ async def child_port(client: httpx.AsyncClient, target: Target, model: str) -> i
     raise BenchError(f"{model} has no running child at {target.url}")
 
 
+async def counted(request: Awaitable[T], failures: list[str]) -> T | None:
+    """The request's result, or None with its failure noted: a request that fails is counted, not
+    retried, and the run goes on (a proxy that drops some requests should show it, not end the run)."""
+    try:
+        return await request
+    except (RequestFailed, httpx.TransportError) as failure:
+        failures.append(str(failure) or type(failure).__name__)
+        return None
+
+
 @dataclass(frozen=True)
 class Throughput:
     requests_per_s: float  # of the requests that succeeded
     tokens_per_s: float
-    failed: int
-    first_failure: str | None
+    failures: list[str]  # why each request that failed did
 
 
 async def throughput(
     client: httpx.AsyncClient, endpoint: Endpoint, concurrency: int, requests: int, tokens: int
 ) -> Throughput:
-    """``requests`` streams from ``concurrency`` clients at once; a request that fails is counted, not
-    retried, and the level goes on (a proxy that drops some under load should show it, not end the run)."""
+    """``requests`` streams from ``concurrency`` clients at once; those that fail are counted."""
     remaining = requests
     generated = 0
     failures: list[str] = []
@@ -104,14 +114,12 @@ async def throughput(
         nonlocal remaining, generated
         while remaining > 0:
             remaining -= 1
-            try:
-                sample = await measure.stream(
-                    client, endpoint.url, stream_body(endpoint.model, tokens), endpoint.headers
-                )
-            except (RequestFailed, httpx.TransportError) as failure:
-                failures.append(str(failure) or type(failure).__name__)
-                continue
-            generated += sample.chunks
+            sample = await counted(
+                measure.stream(client, endpoint.url, stream_body(endpoint.model, tokens), endpoint.headers),
+                failures,
+            )
+            if sample is not None:
+                generated += sample.chunks
 
     started = trio.current_time()
     async with trio.open_nursery() as nursery:
@@ -119,7 +127,7 @@ async def throughput(
             nursery.start_soon(worker)
     wall = trio.current_time() - started
     served = requests - len(failures)
-    return Throughput(served / wall, generated / wall, len(failures), failures[0] if failures else None)
+    return Throughput(served / wall, generated / wall, failures)
 
 
 def endpoints_of(plan: OverheadPlan, through_url: str, port: int, headers: dict[str, str]) -> list[Endpoint]:
@@ -191,7 +199,9 @@ async def measure_overhead(
 class Measured:
     metrics: list[dict[str, Any]]
     cpu: dict[str, dict[str, float]]  # each measured proxy's CPU per small request and per streamed chunk
-    failures: list[dict[str, Any]]  # requests that failed in a throughput level
+    failures: list[
+        dict[str, Any]
+    ]  # per phase and endpoint, the requests that failed (left out of its figures)
 
 
 async def _measure_all(
@@ -202,23 +212,43 @@ async def _measure_all(
     say: Callable[[str], None],
 ) -> Measured:
     names = [e.name for e in endpoints]
+    failures: list[dict[str, Any]] = []
+
+    def note_failures(phase: str, endpoint: str, failed: list[str], of: int) -> None:
+        if failed:
+            failures.append({"phase": phase, "endpoint": endpoint, "failed": len(failed), "of": of,
+                             "first": failed[0]})  # fmt: skip
+
     small: dict[str, list[float]] = {name: [] for name in names}
+    small_failed: dict[str, list[str]] = {name: [] for name in names}
     say(f"{plan.small_requests} small requests per endpoint, interleaved")
     cpu_at_start = {name: meter.cpu_s() for name, meter in meters.items()}
     for turn in range(plan.small_requests):
         for endpoint in rotated(endpoints, turn):
-            latency, _ = await measure.post(
-                client, endpoint.url, small_body(endpoint.model), endpoint.headers
+            answer = await counted(
+                measure.post(client, endpoint.url, small_body(endpoint.model), endpoint.headers),
+                small_failed[endpoint.name],
             )
-            small[endpoint.name].append(latency * 1000)
+            if answer is not None:
+                small[endpoint.name].append(answer[0] * 1000)
     cpu_after_small = {name: meter.cpu_s() for name, meter in meters.items()}
+    for name in names:
+        note_failures("the small requests", name, small_failed[name], plan.small_requests)
 
     say(f"{plan.streams} streams of {plan.stream_tokens} tokens per endpoint, interleaved")
     streams: dict[str, list[measure.StreamSample]] = {name: [] for name in names}
+    streams_failed: dict[str, list[str]] = {name: [] for name in names}
     for turn in range(plan.streams):
         for endpoint in rotated(endpoints, turn):
             body = stream_body(endpoint.model, plan.stream_tokens)
-            streams[endpoint.name].append(await measure.stream(client, endpoint.url, body, endpoint.headers))
+            sample = await counted(
+                measure.stream(client, endpoint.url, body, endpoint.headers),
+                streams_failed[endpoint.name],
+            )
+            if sample is not None:
+                streams[endpoint.name].append(sample)
+    for name in names:
+        note_failures("the streams", name, streams_failed[name], plan.streams)
     phase_cpu = {
         name: {
             "cpu_ms_per_small_request": round(
@@ -251,7 +281,6 @@ async def _measure_all(
         entry("stream tokens/s", "tok/s", "higher",
                 per_endpoint(lambda n: mean_std([s.tokens_per_s for s in streams[n]])[0])),
     ]  # fmt: skip
-    failures: list[dict[str, Any]] = []
     for concurrency in plan.concurrency:
         requests = max(8, 2 * concurrency)
         say(f"throughput at concurrency {concurrency}: {requests} streams per endpoint")
@@ -260,12 +289,9 @@ async def _measure_all(
             level[endpoint.name] = await throughput(
                 client, endpoint, concurrency, requests, plan.stream_tokens
             )
-            result = level[endpoint.name]
-            if result.failed:
-                failures.append(
-                    {"level": f"c={concurrency}", "endpoint": endpoint.name, "failed": result.failed,
-                     "of": requests, "first": result.first_failure}
-                )  # fmt: skip
+            note_failures(
+                f"throughput at c={concurrency}", endpoint.name, level[endpoint.name].failures, requests
+            )
         metrics.append(entry(f"c={concurrency} requests/s", "req/s", "higher",
                                {n: level[n].requests_per_s for n in names}))  # fmt: skip
         metrics.append(entry(f"c={concurrency} tokens/s", "tok/s", "higher",
@@ -311,8 +337,8 @@ def render_overhead(report: dict[str, Any]) -> str:
         lines.append("A proxy's processes are its own and their descendants, less the llama-server children.")
     for failure in report["failures"]:
         lines.append(
-            f"{failure['endpoint']} failed {failure['failed']} of {failure['of']} requests at "
-            f"{failure['level']} (its rates count the others); the first: {failure['first']}"
+            f"{failure['endpoint']} failed {failure['failed']} of {failure['of']} requests in "
+            f"{failure['phase']} (its figures there count the others); the first: {failure['first']}"
         )
     lines.append(f"Model {report['model']}; {report['machine']}.")
     return "\n".join(lines)
