@@ -8,10 +8,12 @@ terminal is not delivered to the children as well.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -71,7 +73,7 @@ def kill_group(pid: int) -> None:
 
 def _kill_descendants(pid: int) -> None:
     try:
-        family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        family = process_family(pid)
     except psutil.NoSuchProcess:
         return  # best effort on Windows: once the parent is gone its children are unknown
     for process in family:
@@ -79,6 +81,54 @@ def _kill_descendants(pid: int) -> None:
             process.kill()
         except psutil.NoSuchProcess:
             continue  # exited meanwhile
+
+
+def process_family(pid: int) -> list[psutil.Process]:
+    """The process and its descendants; psutil.NoSuchProcess if it is gone.
+
+    On Linux the tree is walked through each thread's /proc children list: a
+    few small reads. psutil's ``children()`` reads the stat file of every
+    process on the machine instead (2.6 ms with 65 of them), and the stats
+    sampler asks for each child's family every two seconds.
+    """
+    root = psutil.Process(pid)
+    descendants = _descendants_from_proc(pid)
+    if descendants is None:
+        return [root, *root.children(recursive=True)]
+    family = [root]
+    for descendant in descendants:
+        with contextlib.suppress(psutil.NoSuchProcess):  # exited since its parent listed it
+            family.append(psutil.Process(descendant))
+    return family
+
+
+@functools.cache
+def _proc_lists_children() -> bool:
+    """Whether /proc has each thread's children list (Linux built with CONFIG_PROC_CHILDREN)."""
+    return os.path.exists(f"/proc/self/task/{threading.get_native_id()}/children")
+
+
+def _descendants_from_proc(pid: int) -> list[int] | None:
+    """Every descendant's pid, parents before their children; None where /proc cannot say."""
+    if not _proc_lists_children():
+        return None
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            threads = os.listdir(f"/proc/{parent}/task")
+        except (FileNotFoundError, ProcessLookupError):  # exited since its parent listed it
+            continue
+        for thread in threads:
+            try:
+                with open(f"/proc/{parent}/task/{thread}/children") as listing:
+                    children = [int(child) for child in listing.read().split()]
+            except (FileNotFoundError, ProcessLookupError):  # that thread has ended meanwhile
+                continue
+            found += children
+            pending += children
+    return found
 
 
 def describe_exit(returncode: int) -> str:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import psutil
 import trio
 
+from orchestrator.procgroup import process_family
+
 SAMPLE_INTERVAL_S = 0.25
 _SERVED_BY = "llama-server"  # the model servers: the workload, not the proxy
 
@@ -35,7 +37,11 @@ class UsageMeter:
 
     def _own(self) -> list[psutil.Process]:
         family = [self._process]
-        for process in self._process.children(recursive=True):
+        try:
+            descendants = process_family(self._process.pid)[1:]
+        except psutil.NoSuchProcess:  # the proxy has exited: its reads below count nothing
+            descendants = []
+        for process in descendants:
             try:
                 if not os.path.basename(process.exe()).startswith(_SERVED_BY):
                     family.append(process)

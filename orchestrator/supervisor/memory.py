@@ -32,6 +32,7 @@ from orchestrator.config import Config, file_identity
 from orchestrator.devices import Device, list_devices
 from orchestrator.footprint import HOST, Footprint, ModelFacts, Settings, estimate, host_extras
 from orchestrator.ggufheader import GgufError, read_facts
+from orchestrator.procgroup import process_family
 from orchestrator.routing import LlamaServerBinary, RouteTable, SidecarSpec
 
 log = logging.getLogger("orchestrator.supervisor.memory")
@@ -136,8 +137,7 @@ class LearnedStore:
 def process_tree_rss(pid: int) -> int | None:
     """Resident bytes of a process and its descendants, or None if it is gone."""
     try:
-        root = psutil.Process(pid)
-        family = [root, *root.children(recursive=True)]
+        family = process_family(pid)
     except psutil.NoSuchProcess:
         return None
     total = 0

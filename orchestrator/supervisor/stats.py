@@ -19,6 +19,7 @@ import trio
 from orchestrator.devices import gpu_memory_by_pid
 from orchestrator.footprint import HOST
 from orchestrator.policy import State
+from orchestrator.procgroup import process_family
 from orchestrator.supervisor.events import Stats
 from orchestrator.supervisor.pool import Pool
 
@@ -69,8 +70,7 @@ class StatsSampler:
 
     def _usage(self, pid: int, seen: set[tuple[int, float]], *, tree: bool) -> Usage:
         try:
-            root = psutil.Process(pid)
-            family = [root, *root.children(recursive=True)] if tree else [root]
+            family = process_family(pid) if tree else [psutil.Process(pid)]
         except psutil.NoSuchProcess:
             return Usage(0, 0.0, 0)  # exited between the listing and now
         rss, cpu, count = 0, 0.0, 0
