@@ -199,9 +199,7 @@ async def measure_overhead(
 class Measured:
     metrics: list[dict[str, Any]]
     cpu: dict[str, dict[str, float]]  # each measured proxy's CPU per small request and per streamed chunk
-    failures: list[
-        dict[str, Any]
-    ]  # per phase and endpoint, the requests that failed (left out of its figures)
+    failures: list[dict[str, Any]]  # by phase and endpoint: requests left out of the figures
 
 
 async def _measure_all(
@@ -214,10 +212,11 @@ async def _measure_all(
     names = [e.name for e in endpoints]
     failures: list[dict[str, Any]] = []
 
-    def note_failures(phase: str, endpoint: str, failed: list[str], of: int) -> None:
-        if failed:
-            failures.append({"phase": phase, "endpoint": endpoint, "failed": len(failed), "of": of,
-                             "first": failed[0]})  # fmt: skip
+    def note_failures(phase: str, failed: dict[str, list[str]], of: int) -> None:
+        for endpoint, reasons in failed.items():
+            if reasons:
+                failures.append({"phase": phase, "endpoint": endpoint, "failed": len(reasons), "of": of,
+                                 "first": reasons[0]})  # fmt: skip
 
     small: dict[str, list[float]] = {name: [] for name in names}
     small_failed: dict[str, list[str]] = {name: [] for name in names}
@@ -232,8 +231,7 @@ async def _measure_all(
             if answer is not None:
                 small[endpoint.name].append(answer[0] * 1000)
     cpu_after_small = {name: meter.cpu_s() for name, meter in meters.items()}
-    for name in names:
-        note_failures("the small requests", name, small_failed[name], plan.small_requests)
+    note_failures("the small requests", small_failed, plan.small_requests)
 
     say(f"{plan.streams} streams of {plan.stream_tokens} tokens per endpoint, interleaved")
     streams: dict[str, list[measure.StreamSample]] = {name: [] for name in names}
@@ -247,8 +245,7 @@ async def _measure_all(
             )
             if sample is not None:
                 streams[endpoint.name].append(sample)
-    for name in names:
-        note_failures("the streams", name, streams_failed[name], plan.streams)
+    note_failures("the streams", streams_failed, plan.streams)
     phase_cpu = {
         name: {
             "cpu_ms_per_small_request": round(
@@ -289,9 +286,7 @@ async def _measure_all(
             level[endpoint.name] = await throughput(
                 client, endpoint, concurrency, requests, plan.stream_tokens
             )
-            note_failures(
-                f"throughput at c={concurrency}", endpoint.name, level[endpoint.name].failures, requests
-            )
+        note_failures(f"throughput at c={concurrency}", {n: level[n].failures for n in names}, requests)
         metrics.append(entry(f"c={concurrency} requests/s", "req/s", "higher",
                                {n: level[n].requests_per_s for n in names}))  # fmt: skip
         metrics.append(entry(f"c={concurrency} tokens/s", "tok/s", "higher",
