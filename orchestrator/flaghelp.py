@@ -1,8 +1,7 @@
 """Asking a llama-server binary about itself (``--help``, ``--list-devices``), cached per binary.
 
 The cache holds the text it printed (not the parse), keyed by the binary's
-real path, size and modification time, under ``$LLAMA_SIDECAR_CACHE_DIR``,
-systemd's ``CacheDirectory=`` or ``~/.cache/llama-sidecar``. When the help
+real path, size and modification time, in the cache directory (``dirs.cache_dir``). When the help
 cannot be read, the built-in flag table is used and the log says so.
 """
 
@@ -16,6 +15,7 @@ import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from orchestrator.dirs import cache_dir
 from orchestrator.errors import HelpUnreadableError
 from orchestrator.flags import FlagTable, builtin_table, parse_help
 from orchestrator.procgroup import child_environment
@@ -23,20 +23,8 @@ from orchestrator.routing import LlamaServerBinary
 
 log = logging.getLogger("orchestrator.flags")
 
-CACHE_DIR_ENV = "LLAMA_SIDECAR_CACHE_DIR"
 HELP_TIMEOUT_S = 30.0
 _MIN_FLAGS = 50  # fewer than this and the output was not llama-server's help
-
-
-def cache_dir() -> Path:
-    """``$LLAMA_SIDECAR_CACHE_DIR``, else systemd's ``CacheDirectory=``, else the XDG cache."""
-    configured = os.environ.get(CACHE_DIR_ENV)
-    if configured:
-        return Path(configured)
-    from_systemd = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
-    if from_systemd:
-        return Path(from_systemd)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llama-sidecar"
 
 
 def load_flag_table(binary: LlamaServerBinary) -> FlagTable:

@@ -19,6 +19,7 @@ import hypercorn.trio
 import trio
 
 from orchestrator.auth import AccessRules, exposure_problem
+from orchestrator.dirs import state_dir
 from orchestrator.errors import ConfigError, ListenError, OrchestratorError, leaf_exceptions
 from orchestrator.http.app import create_app
 from orchestrator.http.connections import sever_connections
@@ -28,7 +29,7 @@ from orchestrator.supervisor.memory import STORE_NAME, LearnedStore, MemoryPlann
 from orchestrator.supervisor.metrics import PoolMetrics
 from orchestrator.supervisor.pool import Pool
 from orchestrator.supervisor.stats import StatsSampler
-from orchestrator.supervisor.watchdog import Watchdog, own_state_file, state_dir
+from orchestrator.supervisor.watchdog import Watchdog, own_state_file
 
 log = logging.getLogger("orchestrator")
 # hypercorn's own messages: its errors, through our handlers, without its INFO "Running on ...".

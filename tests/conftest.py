@@ -17,13 +17,13 @@ import pytest
 import trio
 
 from orchestrator.config import Config, parse_config
+from orchestrator.dirs import CACHE_DIR_ENV, STATE_DIR_ENV
 from orchestrator.discovery import find_demo_model, find_llama_server
 from orchestrator.errors import BinaryNotFoundError
-from orchestrator.flaghelp import CACHE_DIR_ENV, load_flag_table
+from orchestrator.flaghelp import load_flag_table
 from orchestrator.routing import LlamaServerBinary, RouteTable
 from orchestrator.runtime import Daemon
 from orchestrator.supervisor.memory import LEARNING_ARGV
-from orchestrator.supervisor.watchdog import STATE_DIR_ENV
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

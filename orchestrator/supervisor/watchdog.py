@@ -36,6 +36,7 @@ import psutil
 import trio
 
 from orchestrator import procgroup
+from orchestrator.dirs import state_dir
 from orchestrator.supervisor import winjob
 
 log = logging.getLogger("orchestrator.supervisor.watchdog")
@@ -51,23 +52,6 @@ def kill_registered(children: dict[int, float]) -> list[int]:
         procgroup.kill_group(pid)
         killed.append(pid)
     return killed
-
-
-STATE_DIR_ENV = "LLAMA_SIDECAR_STATE_DIR"
-
-
-def state_dir() -> Path:
-    """Where daemons record their children, for a later instance to sweep.
-
-    ``$LLAMA_SIDECAR_STATE_DIR``, else systemd's ``StateDirectory=``, else the XDG state folder.
-    """
-    configured = os.environ.get(STATE_DIR_ENV)
-    if configured:
-        return Path(configured)
-    from_systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-    if from_systemd:
-        return Path(from_systemd)
-    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "llama-sidecar"
 
 
 _state_files = itertools.count()

@@ -14,8 +14,9 @@ import httpx
 import psutil
 import trio
 
+from orchestrator.dirs import state_dir
 from orchestrator.routing import LlamaServerBinary
-from orchestrator.supervisor.watchdog import kill_registered, state_dir
+from orchestrator.supervisor.watchdog import kill_registered
 from tests.conftest import free_port, make_config, pid_alive, poll_until, running_daemon, wait_until
 
 
