@@ -61,6 +61,7 @@ PIPE_EOF_GRACE_S = 2.0  # after the group is killed, the pipes must close within
 STDERR_GATHER_S = 0.2  # a serving child's stderr is read at most this often, but for a flood
 DEFAULT_SLOTS = 4  # llama-server's default --parallel
 _READY_HINT = re.compile(r"model loaded|listening on")
+_LAST_STARTUP_LINE = "listening on"  # llama-server logs it after "model loaded", once it serves
 _BIND_FAILED = "couldn't bind HTTP server socket"
 _ACCOUNTING = "memory_breakdown_print"  # llama-server's memory table, at --verbosity 4
 ACCOUNTING_LINES = 64  # of it kept (a header and a row per device)
@@ -104,6 +105,7 @@ class Sidecar(Lifecycle):
         self._hint = trio.Event()
         self._process_exited = trio.Event()  # the current process (not the whole run) has exited
         self._port_taken = False
+        self._startup_logged = False  # its "listening on" line has been read
         self._stop_requested = False
         self._life: trio.CancelScope | None = None
         self._upstream: Upstream | None = None  # HTTP to the current process
@@ -199,6 +201,7 @@ class Sidecar(Lifecycle):
         self._upstream = Upstream(CHILD_HOST, port, self.label)
         self._process_exited = trio.Event()
         self._port_taken = False
+        self._startup_logged = False
         process: trio.Process | None = None
         async with trio.open_nursery() as pipes:
             async with trio.open_nursery() as life:
@@ -305,7 +308,10 @@ class Sidecar(Lifecycle):
     async def _stderr_pause(self) -> None:
         # While it loads, each line may be the one readiness waits for; once it serves, none is
         # urgent until it exits, when the rest is read at once (its outcome waits for the pipes).
-        if self._state is not State.STARTING:
+        # llama-server answers /health before its log thread has written the last start-up lines
+        # ("model loaded", "listening on"): those are read at once too, so a child marked ready by
+        # the poll has them in its log within a moment, not a gathering pause later.
+        if self._state is not State.STARTING and self._startup_logged:
             with trio.move_on_after(STDERR_GATHER_S):
                 await self._process_exited.wait()
 
@@ -313,6 +319,8 @@ class Sidecar(Lifecycle):
         self.stderr.append(text)
         if child_log.isEnabledFor(self._echo_level):  # llama-server logs several lines per request
             child_log.log(self._echo_level, "%s %s", self.label, text)
+        if not self._startup_logged and _LAST_STARTUP_LINE in text:
+            self._startup_logged = True
         if self._state is State.STARTING:
             if _ACCOUNTING in text and len(self._accounting) < ACCOUNTING_LINES:
                 self._accounting.append(text)
@@ -352,7 +360,7 @@ class Sidecar(Lifecycle):
         if procgroup.is_illegal_instruction(returncode):
             message += (
                 "; this llama-server build uses CPU instructions this machine lacks: build one "
-                "for this CPU with `bash ops/build-llama-server.sh` (found automatically) "
+                "for this CPU with `orchestrator llama-server build` (found automatically) "
                 "or set llama_server.bin to one that runs here"
             )
         return SpawnError(message, self.stderr.tail(ERROR_TAIL_LINES))

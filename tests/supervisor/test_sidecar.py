@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from orchestrator.config import Config
 from orchestrator.errors import SpawnError
 from orchestrator.policy import State, StopReason
 from orchestrator.procgroup import child_environment
 from orchestrator.routing import LlamaServerBinary
+from orchestrator.supervisor import logtail
 from orchestrator.supervisor.events import Stopped
-from orchestrator.supervisor.sidecar import Sidecar
+from orchestrator.supervisor.sidecar import STDERR_GATHER_S, Sidecar
 from tests.conftest import free_port, make_config, pid_alive, port_taken, routes_for, wait_until
 
 
@@ -250,3 +252,37 @@ async def test_stopping_closes_our_connections_before_sigterm_so_the_child_need_
     assert any("fake: SIGTERM, shutting down" in line for line in tail), tail
     assert not any("still open" in line for line in tail), tail
     assert sidecar.exit_code == 0
+
+
+async def test_the_last_start_up_lines_are_read_at_once_then_a_serving_childs_log_is_gathered(
+    tmp_path: Path,
+    fake_binary: LlamaServerBinary,
+    fake_model: Callable[..., str],
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """llama-server answers /health before its log thread writes "model loaded" and "listening on"
+    (the bench's cold start once found no such line in the log just after a ready child's first
+    answer): a child marked ready by the poll still has them read the moment they come. After them,
+    a serving child's lines are gathered into one read every STDERR_GATHER_S."""
+    config = make_config(tmp_path, {"m": {"path": fake_model()}})
+    sidecar = sidecar_for(config, fake_binary, [free_port()])
+    sidecar._move(State.READY)  # the /health poll won the race with the log thread
+    written: dict[str, float] = {}
+    read: dict[str, float] = {}
+
+    def on_line(text: str) -> None:
+        sidecar._on_stderr_line(text)
+        read[text] = trio.current_time()
+
+    send, receive = trio.testing.memory_stream_one_way_pair()
+    lines = ["load_tensors: late line", "srv main: model loaded",
+             "srv main: listening on http://127.0.0.1:1", "slot one", "slot two"]  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(logtail.pump_lines, receive, on_line, sidecar._stderr_pause)
+        for text in lines:
+            written[text] = trio.current_time()
+            await send.send_all(text.encode() + b"\n")
+            await trio.sleep(0.01)  # the child writes line by line
+        await send.aclose()
+    assert [read[text] - written[text] for text in lines[:3]] == [0, 0, 0]  # each read as it came
+    assert read["slot one"] == read["slot two"] >= written["slot one"] + STDERR_GATHER_S - 0.02
