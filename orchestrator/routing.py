@@ -10,6 +10,7 @@ flags) are identical get the same key and so share one child.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,8 +194,33 @@ class RouteTable:
         if not route.allow_request_flags:
             refusal = f"{route.kind} {name!r} does not accept per-request flags"
             raise FlagError([f"{refusal} (its config would need allow_request_flags = true)"])
-        table = self._flag_tables.get(self.config.bin_for(route.model)) or flagmod.builtin_table()
-        return route.spec(flagmod.parse(request_tokens, table, per_request=True))
+        return route.spec(flagmod.parse(request_tokens, self._table_of(route), per_request=True))
+
+    def _table_of(self, route: Route) -> FlagTable:
+        return self._flag_tables.get(self.config.bin_for(route.model)) or flagmod.builtin_table()
+
+    def where_to_enable(self, name: str, tokens: Sequence[str]) -> str | None:
+        """Where flags the child of ``name`` lacks would go here, as a sentence (None: the supervisor's
+        own, or flags this binary does not take, which no user can add)."""
+        route = self.route(name)
+        table = self._table_of(route)
+        try:
+            flagmod.parse(tokens, table)
+        except FlagError:
+            return None
+        model = f"models.{route.model.name}"
+        place = f"agents.{name} (or {model}, for every name that runs it)" if route.kind == "agent" else model
+        sentence = f"Here: add {json.dumps(' '.join(tokens))} to the flags of {place} in {self.config.source}"
+        if route.allow_request_flags:
+            try:
+                flagmod.parse(tokens, table, per_request=True)
+            except FlagError:
+                return sentence  # a flag a request may not bring (a file on the server, say)
+            sentence += (
+                f', or send it per request as "llama_flags": {json.dumps(list(tokens))}, '
+                f"which this {route.kind} allows"
+            )
+        return sentence
 
     def routes(self) -> list[Route]:
         return list(self._routes.values())

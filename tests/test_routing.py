@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Config
+from orchestrator.config import Config, parse_config
 from orchestrator.errors import UnknownModelError
 from orchestrator.routing import LlamaServerBinary, RouteTable
 from tests.conftest import make_config
@@ -88,3 +88,30 @@ def test_unknown_name_lists_the_known_ones(tmp_path: Path, model_path: str) -> N
     routes = table(make_config(tmp_path, {"m": {"path": model_path, "aliases": ["x"]}}))
     with pytest.raises(UnknownModelError, match="known models: m, x"):
         routes.resolve("gpt-4")
+
+
+def test_where_to_enable_names_the_config_key_and_the_per_request_way_when_allowed(tmp_path: Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"x")
+    config = parse_config(
+        {
+            "models": {"m": {"path": str(model)}, "open": {"path": str(model), "allow_request_flags": True}},
+            "agents": {"coder": {"model": "m"}},
+        },
+        "my.toml",
+        tmp_path,
+    )
+    routes = RouteTable(config, {None: BINARY})
+    enable = routes.where_to_enable
+    assert enable("m", ["--embeddings"]) == 'Here: add "--embeddings" to the flags of models.m in my.toml'
+    assert enable("coder", ["--reranking"]) == (
+        'Here: add "--reranking" to the flags of agents.coder (or models.m, for every name that runs it) '
+        "in my.toml"
+    )
+    assert enable("open", ["--pooling", "mean"]) == (
+        'Here: add "--pooling mean" to the flags of models.open in my.toml, or send it per request as '
+        '"llama_flags": ["--pooling", "mean"], which this model allows'
+    )
+    # A flag a request may not bring is only named for the config; the supervisor's own, not at all.
+    assert enable("open", ["--props"]) == 'Here: add "--props" to the flags of models.open in my.toml'
+    assert enable("m", ["--metrics"]) is None

@@ -21,12 +21,14 @@ import logging
 import shlex
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
+from functools import partial
 from typing import Any
 
 import trio
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 from quart_trio import QuartTrio
 
+from orchestrator import childerrors
 from orchestrator.errors import FlagError, OrchestratorError, UpstreamError
 from orchestrator.http.exchange import resources_of
 from orchestrator.http.metering import RequestMeter
@@ -198,6 +200,10 @@ class OpenAIProxy:
                 for name, value in upstream.headers
                 if name not in _DROPPED_RESPONSE_HEADERS and not name.startswith(b"access-control-")
             ]
+            if _may_explain(upstream):
+                started = True
+                await _send_explained(upstream, head, meter, send, partial(routes.where_to_enable, name))
+                return
             await send(
                 {"type": "http.response.start", "status": upstream.status, "headers": head, "trailers": False}
             )
@@ -230,6 +236,32 @@ def _parsed(raw: bytes) -> dict[str, Any]:
             "missing_model",
         )
     return body
+
+
+def _may_explain(upstream: UpstreamResponse) -> bool:
+    """An error a child may have answered for a capability it was not started with (small JSON)."""
+    if upstream.status not in childerrors.STATUSES or "json" not in upstream.header("content-type"):
+        return False
+    length = upstream.header("content-length")
+    return length.isdigit() and int(length) <= childerrors.MAX_BYTES
+
+
+async def _send_explained(
+    upstream: UpstreamResponse,
+    head: list[tuple[bytes, bytes]],
+    meter: RequestMeter,
+    send: ASGISendCallable,
+    where_to_enable: childerrors.WhereToEnable,
+) -> None:
+    """The child's error, read whole, with how to enable what it lacks here (see childerrors)."""
+    body = await upstream.read()
+    explained = childerrors.explain(upstream.status, body, where_to_enable)
+    if explained is not None:
+        body = explained
+        head = [(n, v) for n, v in head if n != b"content-length"] + [(b"content-length", b"%d" % len(body))]
+    meter.seen(body)
+    await send({"type": "http.response.start", "status": upstream.status, "headers": head, "trailers": False})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def _relay(

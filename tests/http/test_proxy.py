@@ -82,6 +82,37 @@ async def test_real_chat_through_the_openai_client_plain_and_streaming(
 
 
 @pytest.mark.real
+async def test_real_capability_errors_say_how_to_enable_it_here_and_following_them_works(
+    tmp_path: Path, real_binary: LlamaServerBinary, demo_model: Path
+) -> None:
+    """llama-server's "start it with --embeddings" becomes where to put the flag here; the openai client
+    sees llama-server's status, and a request that does what the message says gets its embedding."""
+    config = make_config(
+        tmp_path, {"smollm2": {"path": str(demo_model), "flags": ["-c", "512"], "allow_request_flags": True}}
+    )
+    async with running_daemon(config, real_binary) as (url, _daemon):
+        client = openai_client(url)
+
+        def embed(**extra: Any) -> openai.types.CreateEmbeddingResponse:
+            return client.embeddings.create(model="smollm2", input="hello", **extra)
+
+        with pytest.raises(openai.APIStatusError) as refused:
+            await trio.to_thread.run_sync(embed)
+        assert refused.value.status_code == 501
+        message = refused.value.body["message"]  # type: ignore[index]
+        assert message == (
+            "This server does not support embeddings. Start it with `--embeddings`. Here: add "
+            '"--embeddings" to the flags of models.smollm2 in test-config, or send it per request as '
+            '"llama_flags": ["--embeddings"], which this model allows.'
+        )
+        with pytest.raises(openai.BadRequestError, match=r'"llama_flags": \["--pooling", "mean"\]'):
+            await trio.to_thread.run_sync(partial(embed, extra_body={"llama_flags": ["--embeddings"]}))
+        enabled = {"llama_flags": ["--embeddings", "--pooling", "mean"]}
+        embedded = await trio.to_thread.run_sync(partial(embed, extra_body=enabled))
+        assert len(embedded.data[0].embedding) == 576  # SmolLM2-135M's hidden size
+
+
+@pytest.mark.real
 async def test_real_agents_share_a_child_when_flags_match_and_not_otherwise(
     tmp_path: Path, real_binary: LlamaServerBinary, demo_model: Path
 ) -> None:
