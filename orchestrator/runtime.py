@@ -25,6 +25,7 @@ from orchestrator.http.app import create_app
 from orchestrator.http.connections import sever_connections
 from orchestrator.routing import RouteTable, SidecarSpec
 from orchestrator.sdnotify import Notifier
+from orchestrator.supervisor.history import History
 from orchestrator.supervisor.memory import STORE_NAME, LearnedStore, MemoryPlanner
 from orchestrator.supervisor.metrics import PoolMetrics
 from orchestrator.supervisor.pool import Pool
@@ -67,6 +68,7 @@ class Daemon:
         self.routes = routes
         self._load_routes = load_routes
         self.pool: Pool | None = None
+        self.history: History | None = None  # the last minutes of samples and requests, once it runs
         self._shutdown = trio.Event()
         self._reloading = trio.Lock()  # SIGHUP and POST /api/reload take turns
         self._stopping_at_once = False  # a second signal came
@@ -87,6 +89,7 @@ class Daemon:
             await trio.to_thread.run_sync(memory.discover, self.routes)
             pool = self.pool = Pool(self.routes, watchdog, memory=memory)
             metrics = PoolMetrics(pool)  # before anything starts: every spawn is counted
+            history = self.history = History(pool)
             await nursery.start(pool.run)
             stats = StatsSampler(pool)
             await nursery.start(stats.run)
@@ -96,7 +99,7 @@ class Daemon:
             server_config.graceful_timeout = self.config.server.shutdown_grace_s
             server_config.accesslog = None
             server_config.errorlog = _server_log  # our format; its "Running on" line repeats ours
-            app = create_app(pool, stats, metrics, self.reload)
+            app = create_app(pool, stats, history, metrics, self.reload)
             async with trio.open_nursery() as server:
                 served = trio.Event()
                 try:

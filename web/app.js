@@ -4,7 +4,7 @@
 
 const MAX_LOG_LINES = 2000;
 const MAX_ACTIVITY = 300; // requests kept in the Activity view
-const HISTORY_S = 600; // what the charts show
+let HISTORY_S = 600; // what the charts show; the daemon keeps (and says) as much
 const state = {
   sidecars: new Map(), routes: [], pool: {}, memory: { devices: [] },
   selected: null, logSocket: null, activity: 0,
@@ -114,8 +114,12 @@ function updateSidecarRow(row, s) {
     in_flight: s.in_flight ?? 0, restarts: s.restarts ?? 0, memory: bytes(usage.rss_bytes),
     cpu: usage.cpu_percent == null ? "–" : `${usage.cpu_percent}%`,
   };
+  const counted = Object.entries(s.memory?.counted_mib ?? {}).map(([device, size]) => `${device} ${mib(size)}`).join(", ");
+  const rssTitle = `resident memory (RSS) of this child's whole process tree, measured every 2 s` +
+    (counted ? `; it counts for ${counted} against the memory budget (see Memory below)` : "");
   for (const cell of row.children) {
     const field = cell.dataset.field;
+    if (field === "memory" && cell.title !== rssTitle) cell.title = rssTitle;
     if (field === "state") {
       const badge = cell.firstElementChild;
       setText(badge, s.state);
@@ -158,15 +162,18 @@ function renderMemory() {
       ...shares.map(({ sidecar, size }) => el("span", {
         class: "share",
         "data-key": sidecar.key,
-        title: `${sidecar.model} (${sidecar.key.slice(0, 8)}): ${mib(size)}, ${sidecar.memory?.source ?? "?"}`,
+        title: `${sidecar.model} (${sidecar.key.slice(0, 8)}): counts ${mib(size)}, ${sidecar.memory?.source ?? "?"}`,
         style: `width: ${(100 * size) / scale}%; background: ${colour(sidecar.key)}`,
       })),
       el("span", { class: "budget", title: `budget ${mib(device.budget_mib)}`, style: `left: ${(100 * device.budget_mib) / scale}%` }));
     return el("div", { class: "device", "data-device": device.device },
       el("span", { class: "device-name" }, device.device),
       bar,
-      el("span", { class: "device-use", "data-field": "use" },
-        `${mib(used)} of ${mib(device.budget_mib)} budget (${mib(device.total_mib)} total)`));
+      el("span", {
+        class: "device-use", "data-field": "use",
+        title: `what the children count for against ${device.device}'s budget: for each, the larger of its ` +
+          "need (learned from llama-server's own accounting, else estimated from the GGUF and its flags) and what it uses now",
+      }, `${mib(used)} counted of ${mib(device.budget_mib)} budget (${mib(device.total_mib)} total)`));
   }));
 }
 
@@ -258,7 +265,7 @@ function addActivity(event) {
   body.prepend(row);
   while (body.childElementCount > MAX_ACTIVITY) body.lastElementChild.remove();
   state.activity += 1;
-  setText($("activity-count"), `(${Math.min(state.activity, MAX_ACTIVITY)} of ${state.activity} since the page opened)`);
+  setText($("activity-count"), `(${Math.min(state.activity, MAX_ACTIVITY)} most recent of ${state.activity})`);
   $("no-activity").hidden = true;
 }
 
@@ -270,17 +277,25 @@ const charts = {
   plots: {},
   shape: "",
 
-  sample(t) {
-    const inflight = {}, memory = {};
-    for (const s of state.sidecars.values()) {
-      this.names.set(s.key, label(s));
-      inflight[s.key] = s.in_flight ?? 0;
-      memory[s.key] = s.usage?.rss_bytes == null ? null : s.usage.rss_bytes / 1048576;
+  // A stats event stands alone (each child's model, requests in flight and RSS), so one replayed from
+  // the daemon's history draws the same as a live one, children long gone included.
+  sample(event) {
+    const t = event.ts, inflight = {}, memory = {};
+    for (const [key, usage] of Object.entries(event.sidecars)) {
+      if (usage.model) this.names.set(key, label({ model: usage.model, key }));
+      inflight[key] = usage.in_flight ?? 0;
+      memory[key] = usage.rss_bytes == null ? null : usage.rss_bytes / 1048576;
     }
     this.samples.push({ t, inflight, memory, tokens: this.pending }); // what finished since the last one
     this.pending = {};
     while (this.samples.length && this.samples[0].t < t - HISTORY_S) this.samples.shift();
-    this.draw(false);
+    if (!this.replaying) this.draw(false);
+  },
+  replaying: false,
+
+  reset() {
+    this.samples = [];
+    this.pending = {};
   },
 
   // A finished request's tokens, spread over the time it generated them.
@@ -329,13 +344,19 @@ const charts = {
       this.shape = shape;
       const perKey = keys.map((key) => ({ label: this.names.get(key) ?? key.slice(0, 8), stroke: colour(key), width: 1.5, spanGaps: false }));
       const pool = { label: "pool", stroke: "#1d2330", width: 2 };
+      // Always the last HISTORY_S seconds, from 0 up; so an empty chart still shows its axes (0 to 1).
+      const scales = {
+        x: { time: true, range: () => [Date.now() / 1000 - HISTORY_S, Date.now() / 1000] },
+        y: { range: (u, min, max) => (max == null || max <= 0 ? [0, 1] : uPlot.rangeNum(0, max, 0.1, true)) },
+      };
       const make = (name, lines) => {
         this.plots[name]?.destroy();
         const target = $(`chart-${name}`);
         target.replaceChildren();
         this.plots[name] = new uPlot(
-          { width: Math.max(target.clientWidth, 300), height: 220, series: [{}, ...lines], scales: { x: { time: true } }, legend: { live: false } },
+          { width: Math.max(target.clientWidth, 300), height: 220, series: [{}, ...lines], scales, legend: { live: false } },
           series[name], target);
+        target.append(el("div", { class: "chart-empty" }, "no data yet"));
       };
       make("tokens", [pool, ...perKey]);
       make("inflight", [pool, ...perKey]);
@@ -343,6 +364,8 @@ const charts = {
     } else {
       for (const name of Object.keys(series)) this.plots[name].setData(series[name]);
     }
+    // No child sampled in the window (a pool line of zeros is no data): axes, and "no data yet".
+    for (const name of Object.keys(series)) $(`chart-${name}`).dataset.empty = String(keys.length === 0);
   },
 };
 
@@ -428,6 +451,7 @@ function applyEvent(event) {
     state.pool = event.pool;
     state.memory = event.memory;
     renderRoutes();
+    if (event.history) replay(event);
   } else if (event.type === "stats") {
     state.pool.total_rss_bytes = event.total_rss_bytes;
     for (const [key, usage] of Object.entries(event.sidecars)) {
@@ -436,12 +460,9 @@ function applyEvent(event) {
       sidecar.usage = usage;
       if (sidecar.memory && usage.counted_mib) sidecar.memory.counted_mib = usage.counted_mib;
     }
-    charts.sample(event.ts);
+    charts.sample(event);
   } else {
-    if (event.type === "request" && event.figures) {
-      addActivity(event);
-      if (event.key) charts.tokens(event.key, event.figures, event.ts);
-    }
+    if (event.type === "request" && event.figures) recordRequest(event);
     if (event.sidecar) {
       if (event.type === "exited") state.sidecars.delete(event.key);
       else state.sidecars.set(event.key, { ...state.sidecars.get(event.key), ...event.sidecar });
@@ -449,6 +470,28 @@ function applyEvent(event) {
     if (event.type === "evicted") state.pool.evictions = (state.pool.evictions ?? 0) + (event.reason === "shutdown" ? 0 : 1);
   }
   renderSidecars();
+}
+
+function recordRequest(event) {
+  addActivity(event);
+  if (event.key) charts.tokens(event.key, event.figures, event.ts);
+}
+
+// The daemon's last minutes (stats samples and finished requests, oldest first) replace what this
+// page had gathered: a page opened after an incident shows it, and a reconnect loses nothing.
+function replay(snapshot) {
+  HISTORY_S = snapshot.history_s ?? HISTORY_S;
+  charts.reset();
+  $("activity").querySelector("tbody").replaceChildren();
+  state.activity = 0;
+  charts.replaying = true;
+  for (const event of snapshot.history) {
+    if (event.type === "stats") charts.sample(event);
+    else if (event.type === "request" && event.figures) recordRequest(event);
+  }
+  charts.replaying = false;
+  $("no-activity").hidden = state.activity > 0;
+  charts.draw(false);
 }
 
 function connectEvents(delay = 500) {

@@ -27,6 +27,7 @@ from orchestrator.http.openai_errors import error_response
 from orchestrator.routing import RouteTable
 from orchestrator.supervisor.events import Reloaded
 from orchestrator.supervisor.fanout import Dropped
+from orchestrator.supervisor.history import History
 from orchestrator.supervisor.pool import Pool, SidecarLike
 from orchestrator.supervisor.stats import StatsSampler
 
@@ -38,9 +39,10 @@ _NOT_FOUND_CLOSE = 4404  # websocket close code: no such sidecar
 class PoolView:
     """What the admin routes and feeds show about the pool."""
 
-    def __init__(self, pool: Pool, stats: StatsSampler) -> None:
+    def __init__(self, pool: Pool, stats: StatsSampler, history: History) -> None:
         self.pool = pool
         self.stats = stats
+        self.history = history
 
     @property
     def routes(self) -> RouteTable:
@@ -87,13 +89,16 @@ class PoolView:
         }
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything a feed's subscriber starts from (again after a reload)."""
+        """Everything a feed's subscriber starts from (again after a reload), with the last minutes
+        of stats samples and finished requests (``history``, oldest first) to draw from at once."""
         return {
             "type": "snapshot",
             "sidecars": self.sidecars(),
             "pool": self.summary(),
             "routes": self.configured(),
             "memory": self.memory(),
+            "history": self.history.replay(),
+            "history_s": self.history.window_s,
         }
 
     def configured(self) -> list[dict[str, Any]]:
@@ -136,8 +141,10 @@ class PoolView:
         )
 
 
-def register_admin_routes(app: QuartTrio, pool: Pool, stats: StatsSampler, reload: Reloader) -> None:
-    view = PoolView(pool, stats)
+def register_admin_routes(
+    app: QuartTrio, pool: Pool, stats: StatsSampler, history: History, reload: Reloader
+) -> None:
+    view = PoolView(pool, stats, history)
     _register_api(app, view, reload)
     _register_feeds(app, view)
     _register_dashboard(app)

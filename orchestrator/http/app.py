@@ -22,6 +22,7 @@ from orchestrator.http.openai_errors import (
     response_for,
 )
 from orchestrator.http.proxy import OpenAIProxy, register_openai_routes
+from orchestrator.supervisor.history import History
 from orchestrator.supervisor.metrics import PoolMetrics
 from orchestrator.supervisor.pool import Pool
 from orchestrator.supervisor.stats import StatsSampler
@@ -29,7 +30,9 @@ from orchestrator.supervisor.stats import StatsSampler
 log = logging.getLogger("orchestrator.http.app")
 
 
-def create_app(pool: Pool, stats: StatsSampler, metrics: PoolMetrics, reload: Reloader) -> QuartTrio:
+def create_app(
+    pool: Pool, stats: StatsSampler, history: History, metrics: PoolMetrics, reload: Reloader
+) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
     # Model responses can take minutes; these limits would cut them silently.
     app.config["RESPONSE_TIMEOUT"] = None
@@ -71,7 +74,7 @@ def create_app(pool: Pool, stats: StatsSampler, metrics: PoolMetrics, reload: Re
         return as_response(INTERNAL_ERROR)
 
     register_openai_routes(app, pool)
-    register_admin_routes(app, pool, stats, reload)
+    register_admin_routes(app, pool, stats, history, reload)
 
     @app.get("/metrics")
     async def get_metrics() -> Response:

@@ -45,16 +45,17 @@ class StatsSampler:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
-            pids = {
-                s.key: s.pid
-                for s in self._pool.sidecars()
-                if s.pid is not None and s.state is not State.EXITED
-            }
+            sampled = [s for s in self._pool.sidecars() if s.pid is not None and s.state is not State.EXITED]
+            pids = {s.key: s.pid for s in sampled if s.pid is not None}
+            models = {s.key: s.spec.model for s in sampled}
             self.latest = await trio.to_thread.run_sync(self._sample, pids)
             gpus = await trio.to_thread.run_sync(gpu_memory_by_pid)
             for key, usage in self.latest["sidecars"].items():  # the prompt cache grows: re-measured
                 self._pool.memory.observe(key, {HOST: usage["rss_bytes"], **gpus.get(pids[key], {})})
                 usage["counted_mib"] = self._pool.counted_mib(key)
+                # What the sample is of, so that it stands alone when replayed after the child is gone.
+                usage["model"] = models[key]
+                usage["in_flight"] = self._pool.leases(key)[0]
             self._pool.memory.forget(pids)
             self._pool.publish(Stats(ts=time.time(), **self.latest))
             await trio.sleep(self._interval_s)

@@ -26,6 +26,7 @@ from orchestrator.errors import AmbiguousSidecarError, SidecarNotFoundError
 from orchestrator.http.admin import PoolView
 from orchestrator.routing import LlamaServerBinary, RouteTable
 from orchestrator.runtime import Daemon
+from orchestrator.supervisor.history import History
 from orchestrator.supervisor.stats import StatsSampler
 from tests.conftest import make_config, pid_alive, poll_until, routes_for, running_daemon, wait_until
 from tests.fakes.sidecar_double import DoubleFactory, double_routes, pool_of_doubles
@@ -259,7 +260,7 @@ async def test_sidecar_names_resolve_by_key_then_route_then_unique_prefix(
         tmp_path, {"m": {"aliases": ["mm"]}}, agents={"coder": {"model": "m"}}, pool={"max_sidecars": 3}
     )
     async with pool_of_doubles(routes, DoubleFactory()) as pool:
-        view = PoolView(pool, StatsSampler(pool))
+        view = PoolView(pool, StatsSampler(pool), History(pool))
         base = routes.resolve("m")
         configured = await pool.preload(base)
         # Keys with letters no real (hex) key has, so that only these two share a prefix.

@@ -6,6 +6,8 @@ import json
 import re
 import subprocess
 import threading
+import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +21,7 @@ from orchestrator.routing import LlamaServerBinary
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
-from tests.conftest import ARTIFACTS, browser_page, make_config, running_daemon
+from tests.conftest import ARTIFACTS, browser_page, make_config, poll_until, running_daemon
 
 SLOW_S = 60_000  # ms: loading a model on a busy 2-core machine
 
@@ -62,10 +64,10 @@ def drive(url: str, chromium: str) -> None:
         host = page.locator('#memory [data-device="Host"]')  # the child's share of the host budget
         expect(host.locator(".share")).to_have_count(1)
         expect(host.locator('[data-field="use"]')).to_have_text(
-            re.compile(r"^[\d.]+ [MG]iB of [\d.]+ GiB budget \([\d.]+ GiB total\)$")
+            re.compile(r"^[\d.]+ [MG]iB counted of [\d.]+ GiB budget \([\d.]+ GiB total\)$")
         )
         share = host.locator(".share").get_attribute("title") or ""
-        assert re.fullmatch(r"smollm2 \(\w{8}\): [\d.]+ [MG]iB, (learned|estimate)", share), share
+        assert re.fullmatch(r"smollm2 \(\w{8}\): counts [\d.]+ [MG]iB, (learned|estimate)", share), share
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
@@ -210,3 +212,97 @@ async def test_dashboard_activity_charts_playground_and_stop_on_a_busy_daemon(
         assert daemon.pool is not None
         assert [s.spec.model for s in daemon.pool.sidecars()] == ["smollm2"]
         assert seen["stopped"] != daemon.pool.sidecars()[0].key
+
+
+def opened_after_the_requests(url: str, chromium: str, asked: int) -> dict[str, object]:
+    """The page, opened once the requests are over, starts from the daemon's last minutes."""
+    from playwright.sync_api import expect
+
+    with browser_page(chromium) as page:
+        opened = time.time()
+        open_dashboard(page, url)
+        page.click('#views a[data-view="activity"]')
+        rows = page.locator("#activity tbody tr")
+        expect(rows).to_have_count(asked)
+        expect(rows.first.locator('[data-field="asked"]')).to_have_text("smollm2")
+        expect(rows.first.locator('[data-field="generated"]')).to_have_text(re.compile(r"^[1-9]\d*$"))
+        page.click('#views a[data-view="charts"]')
+        expect(page.locator("#chart-tokens")).to_have_attribute("data-empty", "false")
+        expect(page.locator("#chart-tokens .chart-empty")).to_be_hidden()
+        tokens = page.evaluate("() => window.llamaSidecar.charts.plots.tokens.data")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-opened-late.png"), full_page=True)
+
+        page.click('#views a[data-view="overview"]')
+        row = page.locator("#sidecars tbody tr")
+        rss = row.locator('[data-field="memory"]')
+        expect(rss).to_have_text(re.compile(r"\d+(\.\d)? [KMG]?B"), timeout=SLOW_S)
+        host = page.locator('#memory [data-device="Host"]')
+        labels = {
+            "chip": page.locator("#sum-memory").locator("xpath=..").get_attribute("title"),
+            "chip_text": page.locator("#sum-memory").locator("xpath=..").inner_text(),
+            "column": page.locator("#sidecars thead th", has_text="RSS").get_attribute("title"),
+            "cell": rss.get_attribute("title"),
+            "legend": page.locator("#memory-legend").inner_text(),
+            "use": host.locator('[data-field="use"]').get_attribute("title"),
+            "share": host.locator(".share").get_attribute("title"),
+        }
+    return {"opened": opened, "tokens": tokens, "labels": labels}
+
+
+@pytest.mark.real
+async def test_a_page_opened_after_the_requests_shows_them_and_labels_every_memory_figure(
+    tmp_path: Path, real_binary: LlamaServerBinary, demo_model: Path, chromium: str
+) -> None:
+    config = make_config(tmp_path, {"smollm2": {"path": str(demo_model), "flags": ["-c", "1024"]}})
+    chat = {"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6}
+    async with running_daemon(config, real_binary) as (url, daemon), httpx.AsyncClient(timeout=120) as client:
+        for _ in range(3):
+            assert (await client.post(f"{url}/v1/chat/completions", json=chat)).status_code == 200
+        sampler_runs = len(daemon.history.replay()) if daemon.history else 0
+
+        async def two_samples_since() -> bool:
+            assert daemon.history is not None
+            return len(daemon.history.replay()) >= sampler_runs + 2  # the child sampled with its RSS
+
+        await poll_until(two_samples_since, timeout_s=30)
+        seen = await trio.to_thread.run_sync(partial(opened_after_the_requests, url, chromium, 3))
+    times, pool_tokens = seen["tokens"][0], seen["tokens"][1]  # type: ignore[index]
+    assert min(times) < seen["opened"] and max(pool_tokens) > 0  # points from before the page
+    labels = seen["labels"]
+    assert labels["chip"].startswith("resident memory (RSS) of the daemon and of every child")  # type: ignore[index]
+    assert "RSS, daemon and children" in labels["chip_text"]  # type: ignore[index]
+    assert labels["column"].startswith("resident memory (RSS) of the child's whole process tree")  # type: ignore[index]
+    assert "counts for Host" in labels["cell"]  # type: ignore[index]
+    assert "the larger of its need" in labels["legend"] and "RSS column" in labels["legend"]  # type: ignore[index]
+    assert "the larger of its need" in labels["use"]  # type: ignore[index]
+    assert re.fullmatch(r"smollm2 \(\w{8}\): counts [\d.]+ [MG]iB, (learned|estimate)", labels["share"])  # type: ignore[arg-type]
+
+
+def empty_charts(url: str, chromium: str) -> list[object]:
+    from playwright.sync_api import expect
+
+    with browser_page(chromium) as page:
+        open_dashboard(page, url)
+        page.click('#views a[data-view="charts"]')
+        for name in ("tokens", "inflight", "memory"):
+            expect(page.locator(f"#chart-{name}")).to_have_attribute("data-empty", "true")
+            expect(page.locator(f"#chart-{name} .chart-empty")).to_have_text("no data yet")
+            expect(page.locator(f"#chart-{name} .chart-empty")).to_be_visible()
+        ranges = page.evaluate(
+            "() => ['tokens', 'inflight', 'memory'].map((n) => {"
+            " const s = window.llamaSidecar.charts.plots[n].scales;"
+            " return [s.x.min, s.x.max, s.y.min, s.y.max]; })"
+        )
+        return list(ranges)
+
+
+async def test_charts_with_no_child_yet_show_their_axes_and_say_so(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str], chromium: str
+) -> None:
+    config = make_config(tmp_path, {"m": {"path": fake_model()}})
+    async with running_daemon(config, fake_binary) as (url, _daemon):
+        ranges = await trio.to_thread.run_sync(partial(empty_charts, url, chromium))
+    now = time.time()
+    for x_min, x_max, y_min, y_max in ranges:  # type: ignore[misc]
+        assert now - 700 < x_min < x_max <= now + 5 and x_max - x_min >= 590  # the last 10 minutes
+        assert (y_min, y_max) == (0, 1)
