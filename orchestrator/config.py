@@ -135,6 +135,16 @@ def file_identity(path: Path) -> str:
 T = TypeVar("T")
 
 _SECTIONS = ("server", "llama_server", "pool", "models", "agents")
+_PLACEMENT_KEYS = ("pin", "priority", "preload")
+# Every key a configuration may have, by table (the one list the parser and the docs' test read).
+KNOWN_KEYS: Mapping[str, tuple[str, ...]] = {
+    "server": tuple(f.name for f in dataclasses.fields(ServerSettings)),
+    "llama_server": tuple(f.name for f in dataclasses.fields(LlamaServerSettings)),
+    "pool": tuple(f.name for f in dataclasses.fields(PoolSettings)),
+    "pool.crash_loop": ("failures", "window_s", "max_backoff_s"),
+    "models.NAME": ("path", "flags", "aliases", "bin", "ttl_s", "allow_request_flags", *_PLACEMENT_KEYS),
+    "agents.NAME": ("model", "flags", "allow_request_flags", *_PLACEMENT_KEYS),
+}
 
 
 class _Table:
@@ -297,7 +307,7 @@ def parse_config(
     for unknown in sorted(set(data) - set(_SECTIONS)):
         document.problem(unknown, f"unknown section; expected one of {', '.join(_SECTIONS)}")
 
-    server_t = document.table("server", [f.name for f in dataclasses.fields(ServerSettings)])
+    server_t = document.table("server", KNOWN_KEYS["server"])
     server = ServerSettings(
         host=server_t.text("host", "a host name or address", LOOPBACK),
         port=server_t.value("port", "a port 0-65535", _is_port, 8080),
@@ -315,7 +325,7 @@ def parse_config(
             "by DNS rebinding",
         )
 
-    llama_t = document.table("llama_server", [f.name for f in dataclasses.fields(LlamaServerSettings)])
+    llama_t = document.table("llama_server", KNOWN_KEYS["llama_server"])
     d = LlamaServerSettings()
     first, last = llama_t.value("port_range", "[first, last] ports in 1-65535", _is_port_range, d.port_range)
     default_bin = llama_t.text("bin", "a path or a command name", None)
@@ -334,7 +344,7 @@ def parse_config(
         echo_stderr=llama_t.boolean("echo_stderr", d.echo_stderr),
     )
 
-    pool_t = document.table("pool", [f.name for f in dataclasses.fields(PoolSettings)])
+    pool_t = document.table("pool", KNOWN_KEYS["pool"])
     p = PoolSettings()
     pool = PoolSettings(
         max_sidecars=pool_t.integer("max_sidecars", p.max_sidecars, 0),
@@ -343,7 +353,7 @@ def parse_config(
         drain_timeout_s=pool_t.number("drain_timeout_s", p.drain_timeout_s, 0.0),
         max_in_flight=pool_t.integer("max_in_flight", p.max_in_flight, 0),
         max_queue=pool_t.integer("max_queue", p.max_queue, 0),
-        crash_loop=_crash_loop(pool_t.table("crash_loop", ("failures", "window_s", "max_backoff_s"))),
+        crash_loop=_crash_loop(pool_t.table("crash_loop", KNOWN_KEYS["pool.crash_loop"])),
         memory_budget=pool_t.checked_text("memory_budget", admission.size_problem),
         gpu_memory_budget=_gpu_budgets(pool_t),
         prompt_cache_mib=pool_t.integer("prompt_cache_mib", p.prompt_cache_mib, 0),
@@ -405,8 +415,6 @@ class _TableCache:
         return self._tables[bin_setting]
 
 
-_PLACEMENT_KEYS = ("pin", "priority", "preload")
-_MODEL_KEYS = ("path", "flags", "aliases", "bin", "ttl_s", "allow_request_flags", *_PLACEMENT_KEYS)
 
 
 def _parse_models(
@@ -414,7 +422,7 @@ def _parse_models(
 ) -> dict[str, ModelConfig]:
     models: dict[str, ModelConfig] = {}
     for name in section.data:
-        table = section.table(name, _MODEL_KEYS)
+        table = section.table(name, KNOWN_KEYS["models.NAME"])
         path_text = table.text("path", "a path to a .gguf file", "")
         if not path_text:
             if "path" not in table.data:
@@ -449,7 +457,7 @@ def _parse_agents(
 ) -> dict[str, AgentConfig]:
     agents: dict[str, AgentConfig] = {}
     for name in section.data:
-        table = section.table(name, ("model", "flags", "allow_request_flags", *_PLACEMENT_KEYS))
+        table = section.table(name, KNOWN_KEYS["agents.NAME"])
         model = table.text("model", "the name of a [models.*] entry", "")
         if model not in models:
             known = ", ".join(models) or "none configured"
