@@ -18,9 +18,11 @@ Pure logic. Every request and websocket handshake is judged here, in this order:
    origin" is never derived from the request's Host: under DNS rebinding Origin
    and Host are both the attacker's name. Requests without Origin (curl, the
    openai client, our CLI) are not browsers' and pass.
-3. **Keys.** API keys for the OpenAI routes, admin keys for the admin API and
-   feeds, presented as ``Authorization: Bearer KEY``, ``x-api-key: KEY``, or (for
-   browsers, whose websockets cannot carry headers) a ``key`` query parameter.
+3. **Keys.** API keys for the inference routes (every llama-server route served
+   by model, the model list and router-mode management: ``apiroutes``), admin
+   keys for the admin API, feeds, metrics, slots and ``/upstream``, presented as
+   ``Authorization: Bearer KEY``, ``x-api-key: KEY``, or (for browsers, whose
+   websockets cannot carry headers) a ``key`` query parameter.
    Comparison is constant-time. ``/health`` and the dashboard's static files
    need no key (they hold no data); with admin keys unset, the admin routes take
    the API keys, so they are never more open than the OpenAI routes.
@@ -36,10 +38,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from orchestrator.apiroutes import needs_api_key
+
 if TYPE_CHECKING:
     from orchestrator.config import ServerSettings
 
-OPEN_PATHS = frozenset({"/health", "/"})  # and the dashboard's files under /web/
+OPEN_PATHS = frozenset({"/health", "/v1/health", "/"})  # and the dashboard's files under /web/
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 ANY_HOST = "*"
 _WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
@@ -247,7 +251,7 @@ class AccessRules:
         """The keys that open ``path`` (empty: open to anyone who passes the host and origin rules)."""
         if path in OPEN_PATHS or path.startswith("/web/"):
             return ()
-        if path.startswith("/v1/"):
+        if needs_api_key(path):
             return (*self.api_keys, *self.admin_keys) if self.api_keys else ()
         return self.admin_keys or self.api_keys
 

@@ -38,6 +38,8 @@ class ServerSettings:
     shutdown_grace_s: float = 10.0  # on SIGTERM/SIGINT, in-flight requests get this long to finish
     allowed_hosts: tuple[str, ...] = ()  # Host names besides the loopback ones and `host` (see auth)
     allowed_origins: tuple[str, ...] = ()  # web origins besides the dashboard's own (see auth)
+    default_model: str | None = None  # where a request that names no model goes (see RouteTable.default)
+    send_loading_state: bool = False  # a streamed chat waiting for a load shows it as reasoning deltas
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class ModelConfig:
     ttl_s: float | None = None  # this model's idle TTL, if not pool.idle_ttl_s
     allow_request_flags: bool = False
     placement: Placement = field(default_factory=Placement)
+    send_loading_state: bool | None = None  # None: server.send_loading_state
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class AgentConfig:
     flags: tuple[Flag, ...] = ()
     allow_request_flags: bool = False
     placement: Placement | None = None  # None: the model's
+    send_loading_state: bool | None = None  # None: the model's
 
 
 @dataclass(frozen=True)
@@ -142,8 +146,11 @@ KNOWN_KEYS: Mapping[str, tuple[str, ...]] = {
     "llama_server": tuple(f.name for f in dataclasses.fields(LlamaServerSettings)),
     "pool": tuple(f.name for f in dataclasses.fields(PoolSettings)),
     "pool.crash_loop": ("failures", "window_s", "max_backoff_s"),
-    "models.NAME": ("path", "flags", "aliases", "bin", "ttl_s", "allow_request_flags", *_PLACEMENT_KEYS),
-    "agents.NAME": ("model", "flags", "allow_request_flags", *_PLACEMENT_KEYS),
+    "models.NAME": (
+        "path", "flags", "aliases", "bin", "ttl_s", "allow_request_flags", "send_loading_state",
+        *_PLACEMENT_KEYS,
+    ),
+    "agents.NAME": ("model", "flags", "allow_request_flags", "send_loading_state", *_PLACEMENT_KEYS),
 }
 
 
@@ -317,6 +324,8 @@ def parse_config(
         shutdown_grace_s=server_t.number("shutdown_grace_s", ServerSettings.shutdown_grace_s, 0.0),
         allowed_hosts=server_t.checked_strings("allowed_hosts", auth.host_entry_problem),
         allowed_origins=server_t.checked_strings("allowed_origins", _origin_problem),
+        default_model=server_t.text("default_model", "an agent, model or alias name", None),
+        send_loading_state=server_t.boolean("send_loading_state", False),
     )
     if auth.ANY_HOST in server.allowed_hosts and not server.api_keys:
         server_t.problem(
@@ -361,7 +370,13 @@ def parse_config(
 
     models = _parse_models(document.table("models"), base_dir, default_bin, tables)
     agents = _parse_agents(document.table("agents"), models, default_bin, tables)
-    _check_names(document, models, agents)
+    names = _check_names(document, models, agents)
+    if server.default_model is not None and server.default_model not in names:
+        server_t.problem(
+            "default_model",
+            f"expected an agent, model or alias name ({', '.join(names) or 'none configured'}), "
+            f"got {server.default_model!r}",
+        )
     if problems:
         raise ConfigError(problems)
     return Config(source, server, llama, pool, models, agents, tuple(all_notes))
@@ -415,8 +430,6 @@ class _TableCache:
         return self._tables[bin_setting]
 
 
-
-
 def _parse_models(
     section: _Table, base_dir: Path, default_bin: str | None, tables: _TableCache
 ) -> dict[str, ModelConfig]:
@@ -448,6 +461,7 @@ def _parse_models(
             ttl_s=table.optional_number("ttl_s", 0.0),
             allow_request_flags=table.boolean("allow_request_flags", False),
             placement=_placement(table, Placement()) or Placement(),
+            send_loading_state=_optional_boolean(table, "send_loading_state"),
         )
     return models
 
@@ -470,13 +484,19 @@ def _parse_agents(
             table.flags("flags", flag_table),
             table.boolean("allow_request_flags", False),
             _placement(table, None),
+            _optional_boolean(table, "send_loading_state"),
         )
     return agents
 
 
+def _optional_boolean(table: _Table, name: str) -> bool | None:
+    return table.boolean(name, False) if name in table.data else None
+
+
 def _check_names(
     document: _Table, models: Mapping[str, ModelConfig], agents: Mapping[str, AgentConfig]
-) -> None:
+) -> list[str]:
+    """Every name a request may use; a name claimed twice is a problem."""
     owner: dict[str, str] = {}
     claims = [(name, f"models.{name}") for name in models]
     claims += [(alias, f"models.{m.name}.aliases") for m in models.values() for alias in m.aliases]
@@ -486,6 +506,7 @@ def _check_names(
             document.problem(key, f"the name {name!r} is already used by {owner[name]}; names must be unique")
         else:
             owner[name] = key
+    return list(owner)
 
 
 def decode_document(raw: bytes, source: str) -> Mapping[str, Any]:

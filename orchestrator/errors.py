@@ -11,7 +11,11 @@ meaning is ``CLI_ONLY``.
     OrchestratorError
     ├── ConfigError              400 invalid_config (with every problem)
     ├── FlagError                400 invalid_llama_flags
+    ├── MissingModelError        400 missing_model (no model named, and no default)
     ├── UnknownModelError        404 model_not_found
+    ├── ModelNotRunningError     400 model_not_running (unload of a model with no child)
+    ├── ModelAlreadyRunningError 400 model_already_running (load of a model with one)
+    ├── SlotActionError          403 slot_action_refused
     ├── SidecarNotFoundError     404 sidecar_not_found
     ├── AmbiguousSidecarError    409 ambiguous_sidecar
     ├── SpawnError               502 sidecar_spawn_failed
@@ -97,6 +101,37 @@ class FlagError(OrchestratorError):
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = tuple(problems)
         super().__init__("; ".join(self.problems))
+
+
+class MissingModelError(OrchestratorError):
+    """A request named no model, and the configuration has no default one."""
+
+    http = HttpMeaning(400, "invalid_request_error", "missing_model")
+
+    def __init__(self, known: Sequence[str]) -> None:
+        self.known = tuple(known)
+        super().__init__(
+            "the request names no model and this daemon has no default one: give \"model\" (an agent, "
+            f"model or alias: {', '.join(self.known) or '(none configured)'}), or set server.default_model"
+        )
+
+
+class ModelNotRunningError(OrchestratorError):
+    """An unload named a model that has no child running."""
+
+    http = HttpMeaning(400, "invalid_request_error", "model_not_running")
+
+
+class ModelAlreadyRunningError(OrchestratorError):
+    """A load named a model whose child is already running (or loading)."""
+
+    http = HttpMeaning(400, "invalid_request_error", "model_already_running")
+
+
+class SlotActionError(OrchestratorError):
+    """A client asked a child to save, restore or erase a slot: the supervisor owns where slot files go."""
+
+    http = HttpMeaning(403, "permission_error", "slot_action_refused")
 
 
 class UnknownModelError(OrchestratorError):

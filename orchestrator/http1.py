@@ -35,13 +35,25 @@ _UNSAFE_IN_REQUEST = re.compile(rb"[\x00-\x1f\x7f]")
 
 def encode_request(method: str, target: str, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> bytes:
     """A whole request, Content-Length framed; ValueError if a header would break its framing."""
+    return encode_head(method, target, headers, len(body)) + body
+
+
+def encode_head(
+    method: str, target: str, headers: Sequence[tuple[bytes, bytes]], length: int | None
+) -> bytes:
+    """A request's head, for a body of ``length`` bytes (None: chunked, see ``encode_chunk``)."""
     lines = [f"{method} {target} HTTP/1.1".encode("ascii")]
     for name, value in headers:
         if _UNSAFE_IN_REQUEST.search(name) or _UNSAFE_IN_REQUEST.search(value):
             raise ValueError(f"header {name!r} holds control characters")
         lines.append(name + b": " + value)
-    lines.append(b"content-length: %d" % len(body))
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+    lines.append(b"transfer-encoding: chunked" if length is None else b"content-length: %d" % length)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One piece of a chunked body; the empty piece ends it."""
+    return b"%x\r\n" % len(data) + data + b"\r\n"
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,7 @@ class Failure:
     at: float
     reason: str
     stderr_tail: tuple[str, ...] = ()
+    exit_code: int | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,11 @@ class CrashHistory:
         ]
         for key in quiet:
             del self._failures[key]
+
+    def last(self, key: str) -> Failure | None:
+        """The newest failure of ``key`` still remembered (within its window, or backing off)."""
+        history = self._failures.get(key)
+        return history[-1] if history else None
 
     def __contains__(self, key: str) -> bool:
         return key in self._failures

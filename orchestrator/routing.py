@@ -17,7 +17,7 @@ from pathlib import Path
 
 from orchestrator import flags as flagmod
 from orchestrator.config import Config, ModelConfig, Placement, file_identity
-from orchestrator.errors import FlagError, UnknownModelError
+from orchestrator.errors import FlagError, MissingModelError, UnknownModelError
 from orchestrator.flags import Flag, FlagTable
 
 CHILD_HOST = "127.0.0.1"
@@ -53,15 +53,20 @@ class SidecarSpec:
     idle_ttl_s: float
     placement: Placement = field(default_factory=Placement)
     extra_argv: tuple[str, ...] = ()  # for this start only, not part of the key (see pool: learning)
+    # The names requests reach it by: its --alias, so its answers say a name users know, never the
+    # model file's path. Not part of the key (a name added by a reload does not restart it).
+    names: tuple[str, ...] = ()
 
     def argv(self, port: int) -> list[str]:
         # Explicit flags go last: llama.cpp's last-wins parsing lets them win anyway.
+        aliases = [name for name in self.names if "," not in name]  # llama.cpp splits the list on ","
         return [
             self.binary.path,
             *flagmod.render(self.inherited),
             "--model", self.model_path,
             "--host", CHILD_HOST,
             "--port", str(port),
+            *(["--alias", ",".join(aliases)] if aliases else []),
             "--metrics",  # its llamacpp:* series, merged into the daemon's /metrics
             *flagmod.render(self.explicit),
             *self.extra_argv,
@@ -91,6 +96,7 @@ class Route:
     # file gets a new key on the next reload (and no file is read per request).
     identity: str
     placement: Placement = field(default_factory=Placement)
+    send_loading_state: bool = False  # a streamed chat waiting for its child's load shows the wait
 
     def spec(self, request_flags: Sequence[Flag] = ()) -> SidecarSpec:
         """The child for this route, with ``request_flags`` as the most explicit layer."""
@@ -107,6 +113,7 @@ class Route:
             explicit,
             self.idle_ttl_s,
             self.placement,
+            names=(self.name,),
         )
 
 
@@ -146,8 +153,15 @@ class RouteTable:
             )
             layers = (inherited, model.flags)
             allow, placement = model.allow_request_flags, model.placement
+            loading = (
+                config.server.send_loading_state
+                if model.send_loading_state is None
+                else model.send_loading_state
+            )
             for name, kind in ((model.name, "model"), *((alias, "alias") for alias in model.aliases)):
-                routes[name] = Route(name, kind, model, layers, binary, model_ttl, allow, identity, placement)
+                routes[name] = Route(
+                    name, kind, model, layers, binary, model_ttl, allow, identity, placement, loading
+                )
         for agent in config.agents.values():
             parent = routes[agent.model]
             routes[agent.name] = Route(
@@ -160,6 +174,7 @@ class RouteTable:
                 agent.allow_request_flags,
                 parent.identity,
                 agent.placement or parent.placement,
+                parent.send_loading_state if agent.send_loading_state is None else agent.send_loading_state,
             )
         self._routes: Mapping[str, Route] = routes
         specs = {name: route.spec() for name, route in routes.items()}
@@ -175,9 +190,11 @@ class RouteTable:
             )
             for key, placements in by_key.items()
         }
+        names = {key: tuple(name for name, spec in specs.items() if spec.key == key) for key in by_key}
         # The per-request fast path: one spec per name, resolved once.
         self._specs = {
-            name: dataclasses.replace(spec, placement=shared[spec.key]) for name, spec in specs.items()
+            name: dataclasses.replace(spec, placement=shared[spec.key], names=names[spec.key])
+            for name, spec in specs.items()
         }
 
     def route(self, name: str) -> Route:
@@ -186,8 +203,21 @@ class RouteTable:
             raise UnknownModelError(name, sorted(self._routes))
         return found
 
-    def resolve(self, name: str, request_tokens: Sequence[str] = ()) -> SidecarSpec:
-        """The spec for a request naming ``name``, with its per-request flags if it has any."""
+    def default(self) -> str | None:
+        """Where a request that names no model goes: server.default_model, else the one model when
+        there is one and no agent (its aliases are the same child), else nowhere."""
+        if self.config.server.default_model is not None:
+            return self.config.server.default_model
+        if len(self.config.models) == 1 and not self.config.agents:
+            return next(iter(self.config.models))
+        return None
+
+    def resolve(self, name: str | None, request_tokens: Sequence[str] = ()) -> SidecarSpec:
+        """The spec for a request naming ``name`` (None: the default), with its per-request flags."""
+        if name is None:
+            name = self.default()
+            if name is None:
+                raise MissingModelError(sorted(self._routes))
         route = self.route(name)
         if not request_tokens:
             return self._specs[name]
@@ -221,6 +251,17 @@ class RouteTable:
                 f"which this {route.kind} allows"
             )
         return sentence
+
+    def public_args(self, name: str) -> list[str]:
+        """The command line of ``name``'s child as users may see it: the canonical flags, with the
+        value of every flag that names a file cut to the file's name (no server path leaves)."""
+        table = self._table_of(self.route(name))
+        shown = ["llama-server"]
+        for flag in self._specs[name].flags:
+            spec = table.lookup(flag.name)
+            names_a_file = spec is not None and spec.takes_path
+            shown += [flag.name, *(Path(value).name if names_a_file else value for value in flag.values)]
+        return shown
 
     def routes(self) -> list[Route]:
         return list(self._routes.values())

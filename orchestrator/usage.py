@@ -37,15 +37,34 @@ def _table(document: dict[str, Any], name: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _usage_of(document: dict[str, Any]) -> dict[str, Any]:
+    """The ``usage`` of an answer, or of the message (Anthropic's ``message_start``) or response
+    (the Responses API's ``response.completed``) a stream event carries."""
+    for holder in (document, _table(document, "message"), _table(document, "response")):
+        if usage := _table(holder, "usage"):
+            return usage
+    return {}
+
+
 def counts_of(document: Any) -> TokenCounts:
-    """The counts in one answer or stream event (a parsed JSON object); NO_COUNTS when it has none."""
+    """The counts in one answer or stream event (a parsed JSON object); NO_COUNTS when it has none.
+
+    ``usage`` in the OpenAI shape (``prompt_tokens``, ``completion_tokens``), or in Anthropic's and
+    the Responses API's (``input_tokens``, plus Anthropic's cache reads and writes, and
+    ``output_tokens``); else llama-server's ``timings``.
+    """
     if not isinstance(document, dict):
         return NO_COUNTS
-    usage, timings = _table(document, "usage"), _table(document, "timings")
+    usage, timings = _usage_of(document), _table(document, "timings")
     prompt = _number(usage.get("prompt_tokens"))
+    if prompt is None and (given := _number(usage.get("input_tokens"))) is not None:
+        cached = ("cache_read_input_tokens", "cache_creation_input_tokens")
+        prompt = given + sum(_number(usage.get(name)) or 0 for name in cached)
     if prompt is None and (evaluated := _number(timings.get("prompt_n"))) is not None:
         prompt = evaluated + (_number(timings.get("cache_n")) or 0)
     generated = _number(usage.get("completion_tokens"))
+    if generated is None:
+        generated = _number(usage.get("output_tokens"))
     if generated is None:
         generated = _number(timings.get("predicted_n"))
     rate = _number(timings.get("predicted_per_second"))
@@ -63,7 +82,8 @@ def counts_in_json(body: bytes) -> TokenCounts:
 
 
 def counts_in_stream_tail(tail: bytes) -> TokenCounts:
-    """The counts in the last events of an SSE stream (``tail``: its final bytes).
+    """The counts in the last events of an SSE stream (``tail``: its final bytes, after its first ones,
+    where Anthropic's ``message_start`` says the prompt's size).
 
     The events are read from the end; the last one with counts wins, merged
     with an earlier one for what it lacks (llama-server may send ``usage`` in

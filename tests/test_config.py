@@ -71,6 +71,8 @@ def test_every_problem_is_reported_with_file_and_key(tmp_path: Path, model_file:
         """
 [server]
 port = "eighty"
+default_model = "nobody"
+send_loading_state = "yes"
 [pool]
 max_sidecars = -1
 colour = "blue"
@@ -97,7 +99,9 @@ model = "nope"
     assert "models.b.aliases: the name 'b' is already used by models.b" in text
     assert "agents.x.model: expected the name of a configured model (b), got 'nope'" in text
     assert "surprise: unknown section" in text
-    assert len(raised.value.problems) == 8
+    assert "server.default_model: expected an agent, model or alias name (b), got 'nobody'" in text
+    assert "server.send_loading_state: expected true or false, got 'yes'" in text
+    assert len(raised.value.problems) == 10
 
 
 @pytest.mark.parametrize(

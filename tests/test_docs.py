@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.apiroutes import PATHS
 from orchestrator.config import KNOWN_KEYS
 from orchestrator.http.app import create_app
-from orchestrator.http.proxy import OPENAI_ROUTES
 from orchestrator.supervisor.history import History
 from orchestrator.supervisor.metrics import PoolMetrics
 from orchestrator.supervisor.pool import Pool
@@ -76,7 +76,7 @@ async def test_every_route_is_documented(tmp_path: Path) -> None:
     pool = Pool(routes)
     app = create_app(pool, StatsSampler(pool), History(pool), PoolMetrics(pool), reload=_no_reload)
     served = {re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule) for rule in app.url_map.iter_rules()}
-    served |= OPENAI_ROUTES
+    served |= PATHS
     text = (DOCS / "api.md").read_text() + (DOCS / "dashboard.md").read_text()
     # A route is documented as code: `/path` or `GET /path` (the path is the span's last word).
     documented = {span.split()[-1] for span in re.findall(r"`([^`]+)`", text) if span.strip()}

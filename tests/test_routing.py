@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import Config, parse_config
-from orchestrator.errors import UnknownModelError
+from orchestrator.errors import MissingModelError, UnknownModelError
 from orchestrator.routing import LlamaServerBinary, RouteTable
 from tests.conftest import make_config
 
@@ -40,6 +40,7 @@ def test_argv_layout_base_then_owned_then_explicit(tmp_path: Path, model_path: s
         "--model", model_path,
         "--host", "127.0.0.1",
         "--port", "41000",
+        "--alias", "coder",  # owned: its answers name it by the name users know
         "--metrics",  # owned: its series are merged into the daemon's /metrics
         "--ctx-size", "8192",
         "--flash-attn", "on",
@@ -115,3 +116,30 @@ def test_where_to_enable_names_the_config_key_and_the_per_request_way_when_allow
     # A flag a request may not bring is only named for the config; the supervisor's own, not at all.
     assert enable("open", ["--props"]) == 'Here: add "--props" to the flags of models.open in my.toml'
     assert enable("m", ["--metrics"]) is None
+
+
+def test_a_child_is_called_by_every_name_that_reaches_it_and_the_default_is_the_only_model(
+    tmp_path: Path, model_path: str
+) -> None:
+    one = make_config(tmp_path, {"m": {"path": model_path, "aliases": ["em", "a,b"]}})
+    routes = table(one)
+    assert routes.default() == "m"
+    spec = routes.resolve(None)
+    assert spec.names == ("m", "em", "a,b")  # the same child
+    argv = spec.argv(41000)
+    assert argv[argv.index("--alias") + 1] == "m,em"  # llama.cpp splits the list on commas
+    two = make_config(
+        tmp_path, {"m": {"path": model_path}}, agents={"coder": {"model": "m", "flags": ["-c", "512"]}}
+    )
+    with pytest.raises(
+        MissingModelError, match=r"names no model .*: coder, m\), or set server.default_model"
+    ):
+        table(two).resolve(None)
+    chosen = make_config(
+        tmp_path, {"m": {"path": model_path}}, server={"default_model": "m"}, agents={"coder": {"model": "m"}}
+    )
+    assert table(chosen).resolve(None).model == "m"
+    # Names that share a child share its aliases; a per-request spec is called by the name asked.
+    assert table(chosen).resolve("coder").names == ("m", "coder")
+    allowing = make_config(tmp_path, {"m": {"path": model_path, "allow_request_flags": True}})
+    assert table(allowing).resolve("m", ["-c", "1024"]).names == ("m",)

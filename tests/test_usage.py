@@ -53,3 +53,38 @@ def test_a_tail_that_starts_inside_an_event_skips_the_cut_part() -> None:
     )
     assert counts_in_stream_tail(b"data: [DONE]\n\n") == NO_COUNTS
     assert counts_in_stream_tail(b"") == NO_COUNTS
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        # Anthropic Messages (the real binary's: the cached part of the prompt apart)
+        ({"usage": {"cache_read_input_tokens": 30, "input_tokens": 1, "output_tokens": 3}},
+         TokenCounts(31, 3)),
+        ({"usage": {"input_tokens": 7}}, TokenCounts(7, None)),  # /v1/messages/count_tokens
+        # the Responses API
+        ({"object": "response", "usage": {"input_tokens": 12, "output_tokens": 4, "total_tokens": 16}},
+         TokenCounts(12, 4)),
+    ],
+)  # fmt: skip
+def test_counts_in_anthropic_and_responses_answers(body: object, expected: TokenCounts) -> None:
+    assert counts_in_json(json.dumps(body).encode()) == expected
+
+
+def test_an_anthropic_stream_counts_its_prompt_at_message_start_and_output_at_message_delta() -> None:
+    usage = {"cache_read_input_tokens": 30, "input_tokens": 1, "output_tokens": 0}
+    start = {"type": "message_start", "message": {"usage": usage}}
+    delta = {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "hi"}}
+    ending = {"type": "message_delta", "usage": {"output_tokens": 9}}
+    stream = b"".join(
+        b"event: " + name + b"\n" + event(data)
+        for name, data in ((b"message_start", start), (b"content_block_delta", delta),
+                           (b"message_delta", ending), (b"message_stop", {"type": "message_stop"}))
+    )  # fmt: skip
+    assert counts_in_stream_tail(stream) == TokenCounts(31, 9)
+
+
+def test_a_responses_stream_counts_from_response_completed() -> None:
+    done = {"type": "response.completed", "response": {"usage": {"input_tokens": 12, "output_tokens": 4}}}
+    stream = event({"type": "response.output_text.delta", "delta": "hi"}) + event(done)
+    assert counts_in_stream_tail(stream) == TokenCounts(12, 4)

@@ -201,6 +201,7 @@ def _register_api(app: QuartTrio, view: PoolView, reload: Reloader) -> None:
         return {"routes": view.configured()}
 
     @app.get("/health")
+    @app.get("/v1/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "sidecars": len(pool.sidecars())}
 

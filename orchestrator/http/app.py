@@ -13,6 +13,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.http.admin import Reloader, register_admin_routes
 from orchestrator.http.exchange import ExchangeEnd
 from orchestrator.http.gate import AccessGate
+from orchestrator.http.models import register_model_routes
 from orchestrator.http.openai_errors import (
     INTERNAL_ERROR,
     as_response,
@@ -21,7 +22,7 @@ from orchestrator.http.openai_errors import (
     method_not_allowed,
     response_for,
 )
-from orchestrator.http.proxy import OpenAIProxy, register_openai_routes
+from orchestrator.http.proxy import ApiProxy
 from orchestrator.supervisor.history import History
 from orchestrator.supervisor.metrics import PoolMetrics
 from orchestrator.supervisor.pool import Pool
@@ -40,9 +41,9 @@ def create_app(
     max_body_bytes = pool.routes.config.server.max_body_bytes  # fixed until restart
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     # Outermost: nothing is reached before the host, origin and key rules are passed. Then the
-    # exchange's resources, then the OpenAI routes' fast path (proxy), then Quart for the rest.
+    # exchange's resources, then llama-server's routes' fast path (proxy), then Quart for the rest.
     app.asgi_app = AccessGate(  # type: ignore[method-assign]
-        ExchangeEnd(OpenAIProxy(app.asgi_app, pool, max_body_bytes)),
+        ExchangeEnd(ApiProxy(app.asgi_app, pool, max_body_bytes)),
         lambda: pool.routes.config.server,  # the keys may change on reload
     )
 
@@ -73,7 +74,7 @@ def create_app(
         log.error("unexpected error on %s", where, exc_info=error)
         return as_response(INTERNAL_ERROR)
 
-    register_openai_routes(app, pool)
+    register_model_routes(app, pool)
     register_admin_routes(app, pool, stats, history, reload)
 
     @app.get("/metrics")

@@ -23,7 +23,7 @@ from hypercorn.typing import (
 
 from orchestrator.auth import AccessRules, Exchange, Refusal, presented_key
 from orchestrator.config import ServerSettings
-from orchestrator.http.openai_errors import ErrorReply, error_reply, reply_head, send_reply
+from orchestrator.http.openai_errors import ErrorReply, error_reply, has_body, reply_head, send_reply
 
 _WANTED = frozenset({b"host", b"origin", b"authorization", b"x-api-key"})
 
@@ -70,7 +70,7 @@ class AccessGate:
         if refusal is None:
             await self._app(scope, receive, send)
         elif scope["type"] == "http":
-            await send_reply(send, _refusal_reply(refusal))
+            await send_reply(send, _refusal_reply(refusal), unread_body=has_body(scope["headers"]))
         else:
             await _refuse_websocket(refusal, receive, send)
 

@@ -14,6 +14,7 @@ from orchestrator import usage
 from orchestrator.supervisor.events import RequestFigures
 
 STREAM_TAIL_BYTES = 16 * 1024  # the final events of a stream, timings and usage included
+STREAM_HEAD_BYTES = 4 * 1024  # its first events (Anthropic's message_start has the prompt's size)
 JSON_KEPT_BYTES = 1 << 20  # a larger JSON answer (embeddings of a big batch) goes uncounted
 
 
@@ -32,6 +33,7 @@ class RequestMeter:
         self._kept: list[bytes] = []
         self._kept_bytes = 0
         self._keeping = True
+        self._head = b""  # of a stream whose first pieces left _kept
 
     def answered(self, status: int, content_type: str) -> None:
         """The child's response head arrived."""
@@ -54,7 +56,10 @@ class RequestMeter:
         self._kept_bytes += len(chunk)
         if self._streaming:
             while len(self._kept) > 1 and self._kept_bytes - len(self._kept[0]) >= STREAM_TAIL_BYTES:
-                self._kept_bytes -= len(self._kept.pop(0))
+                gone = self._kept.pop(0)
+                self._kept_bytes -= len(gone)
+                if len(self._head) < STREAM_HEAD_BYTES:
+                    self._head += gone[: STREAM_HEAD_BYTES - len(self._head)]
         elif self._kept_bytes > JSON_KEPT_BYTES:
             self._kept, self._keeping = [], False  # too large to read for counts
 
@@ -64,7 +69,8 @@ class RequestMeter:
         if self.code is not None or not body:
             counts = usage.NO_COUNTS
         elif self._streaming:
-            counts = usage.counts_in_stream_tail(body)
+            # The head's last line may be cut: it is on a line of its own, where a bad event is skipped.
+            counts = usage.counts_in_stream_tail(self._head + b"\n" + body if self._head else body)
         else:
             counts = usage.counts_in_json(body)
         return RequestFigures(

@@ -8,6 +8,7 @@ Quart wraps it in a Response, the ASGI layers send it as it is.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,14 +88,21 @@ def reply_head(reply: ErrorReply) -> list[tuple[bytes, bytes]]:
     ]
 
 
-async def send_reply(send: ASGISendCallable, reply: ErrorReply) -> None:
-    """Answer an HTTP exchange with ``reply`` (nothing of the response sent yet)."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": reply.status,
-            "headers": reply_head(reply),
-            "trailers": False,
-        }
+def has_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request's headers announce a body."""
+    return any(
+        (name == b"content-length" and value.strip() not in (b"", b"0")) or name == b"transfer-encoding"
+        for name, value in headers
     )
+
+
+async def send_reply(send: ASGISendCallable, reply: ErrorReply, *, unread_body: bool = False) -> None:
+    """Answer an HTTP exchange with ``reply`` (nothing of the response sent yet).
+
+    ``unread_body``: the request's body was not read to its end (refused before that). The
+    connection then cannot carry another request (the client may still be sending this one), so
+    the reply says it closes: a client that reused it would see it cut without an answer.
+    """
+    head = reply_head(reply) + ([(b"connection", b"close")] if unread_body else [])
+    await send({"type": "http.response.start", "status": reply.status, "headers": head, "trailers": False})
     await send({"type": "http.response.body", "body": reply.body, "more_body": False})

@@ -1,17 +1,23 @@
-"""The OpenAI routes: a request leases a sidecar and gets the child's own response, streamed.
+"""llama-server's routes through the pool: a request leases a child and gets its own answer, streamed.
 
-POST on the OpenAI routes is the hot path, so it is answered here, in ASGI
-middleware of the one Quart-Trio app, below Quart's request and response
-objects (which cost more per request than the proxying itself). It sits inside
-the same AccessGate (host, origin, keys) and ExchangeEnd (what the exchange
-holds is released however it ends; the last send shielded) as every Quart
-route, and answers errors with the same replies (openai_errors). Everything
-else, ``GET /v1/models`` included, goes on to Quart.
+Every route the children serve (``apiroutes.ROUTES``: OpenAI, Anthropic,
+llama.cpp's own), and ``/upstream/{name}/{path}`` for anything else, take one
+way through here: the model named in the body, a form field or the query
+(else the default one), the flag rules and per-request flags, the lease, the
+error shape, the metering, the end-of-exchange cleanup. It is the hot path, so
+it is ASGI middleware of the one Quart-Trio app, below Quart's request and
+response objects (which cost more per request than the proxying itself),
+inside the same AccessGate (host, origin, keys) and ExchangeEnd (what the
+exchange holds is released however it ends; the last send shielded).
+Everything else goes on to Quart.
 
-The body is forwarded untouched (less our ``llama_flags`` field) and the
-child's response comes back chunk by chunk, SSE included, each chunk sent as
-it arrives. A client that leaves cancels the exchange: the upstream response
-is closed unfinished, which is how llama-server learns to stop generating.
+The body is forwarded untouched (less our ``llama_flags`` field); a multipart
+body is streamed to the child once its ``model`` field has been read. The
+child's answer comes back chunk by chunk, SSE included, each chunk sent as it
+arrives; only a small JSON answer that needs our words (a capability the child
+lacks, a server path in ``/props``) is read whole. A client that leaves
+cancels the exchange: the upstream response is closed unfinished, which is how
+llama-server learns to stop generating.
 """
 
 from __future__ import annotations
@@ -19,47 +25,62 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-from collections.abc import AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
+from urllib.parse import parse_qs
 
 import trio
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
-from quart_trio import QuartTrio
 
-from orchestrator import childerrors
-from orchestrator.errors import FlagError, OrchestratorError, UpstreamError
+from orchestrator import apiroutes, childerrors, multipart
+from orchestrator.apiroutes import ApiRoute, ModelIn
+from orchestrator.errors import FlagError, OrchestratorError, SlotActionError, UpstreamError
 from orchestrator.http.exchange import resources_of
 from orchestrator.http.metering import RequestMeter
 from orchestrator.http.openai_errors import (
     INTERNAL_ERROR,
     ErrorReply,
     body_too_large,
+    error_body,
     error_reply,
+    has_body,
     method_not_allowed,
     reply_for,
     send_reply,
 )
-from orchestrator.supervisor.pool import Pool
+from orchestrator.routing import SidecarSpec
+from orchestrator.supervisor.pool import Pool, SidecarLike
 from orchestrator.supervisor.upstream import UpstreamResponse
 
 log = logging.getLogger("orchestrator.http.proxy")
 
-OPENAI_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+UPSTREAM_LABEL = "/upstream"  # every /upstream/{name}/... request, for the metrics (labels stay bounded)
+LOADING_TICK_S = 1.0  # a streamed chat waiting for a load is told how long so far, this often
+REWRITE_MAX_BYTES = 1 << 20  # a JSON answer read whole to put our words in (errors, /props)
 # Never forwarded: per-connection headers, and CORS headers (llama-server allows
 # every origin; a web page must not be able to drive the daemon through us).
 _DROPPED_RESPONSE_HEADERS = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
      b"proxy-authenticate", b"proxy-authorization", b"server", b"date"}
 )  # fmt: skip
+# Not passed on to a child by /upstream: per-connection framing, and our own credentials.
+_DROPPED_REQUEST_HEADERS = frozenset(
+    {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
+     b"content-length", b"proxy-authorization", b"authorization", b"x-api-key", b"cookie"}
+)  # fmt: skip
 # hypercorn's HTTP/1: once a request is read, nothing more is read from the client until the
 # response is over, so its leaving shows only when a send to it fails, and only a body sent in
 # pieces has sends that can fail before the end. HTTP/2 reads on: it is listened to throughout.
 _HEARD_ONLY_AFTER_A_SEND = frozenset({"1.0", "1.1"})
+_SSE_HEAD = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 REQUEST_FLAGS_FIELD = "llama_flags"
 REQUEST_FLAGS_HEADER = "X-Llama-Flags"
 _FLAGS_HEADER = REQUEST_FLAGS_HEADER.lower().encode()
+_MODEL_FIELD = "model"
 
 
 def request_flag_tokens(body: dict[str, Any], header: str | None) -> list[str]:
@@ -99,8 +120,22 @@ def _bad_request(message: str, code: str) -> _Refused:
     return _Refused(error_reply(400, message, "invalid_request_error", code))
 
 
-class OpenAIProxy:
-    """ASGI middleware: answers POST on the OpenAI routes from the pool; passes the rest on."""
+@dataclass
+class _Incoming:
+    """A request as the child will get it, and what routes it."""
+
+    target: str  # the child's path and query
+    name: str | None  # the model it names (None: the default one)
+    flag_tokens: list[str]
+    head: list[tuple[bytes, bytes]]  # the headers the child gets
+    body: bytes = b""  # the whole body, or (streamed) what was read of it
+    rest: AsyncGenerator[bytes] | None = None  # the rest of a streamed body (closed with the exchange)
+    length: int | None = None  # a streamed body's length, when the client said it
+    streamed_answer: bool = False  # asked for an SSE stream ("stream": true)
+
+
+class ApiProxy:
+    """ASGI middleware: answers llama-server's routes from the pool; passes the rest on."""
 
     def __init__(self, app: ASGIFramework, pool: Pool, max_body_bytes: int) -> None:
         self._app = app
@@ -108,34 +143,152 @@ class OpenAIProxy:
         self._max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-        if scope["type"] != "http" or scope["path"] not in OPENAI_ROUTES:
+        if scope["type"] != "http":
             await self._app(scope, receive, send)
-        elif scope["method"] != "POST":
-            await send_reply(send, method_not_allowed(scope["method"], scope["path"]))
+            return
+        path, method = scope["path"], scope["method"]
+        route = apiroutes.find(method, path, b"model=" in scope["query_string"])
+        unread = has_body(scope["headers"])
+        if route is not None or path.startswith(apiroutes.UPSTREAM_PREFIX):
+            await self._exchange(scope, receive, send, route)
+        elif method == "POST" and path.startswith(apiroutes.SLOT_ACTION_PREFIX):
+            refused = SlotActionError(
+                "slot actions (save, restore, erase) are the supervisor's: it decides where slot files "
+                "go; GET /slots?model=NAME shows a child's slots"
+            )
+            await send_reply(send, reply_for(refused), unread_body=unread)
+        elif path in apiroutes.PATHS and path not in apiroutes.OWN_WITHOUT_MODEL:
+            await send_reply(send, method_not_allowed(method, path), unread_body=unread)
         else:
-            await self._exchange(scope, receive, send)
+            await self._app(scope, receive, send)
 
-    async def _exchange(self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-        meter = RequestMeter(scope["path"])
+    async def _exchange(
+        self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable, route: ApiRoute | None
+    ) -> None:
+        meter = RequestMeter(UPSTREAM_LABEL if route is None else route.path)
         try:
-            raw = await self._body(scope, receive)
+            incoming = await self._incoming(scope, receive, route)
         except _ClientLeft:
             return
-        except _Refused as refused:
-            await self._refuse(send, meter, refused.reply)
+        except _Refused as refused:  # maybe before the body was read whole
+            await self._refuse(send, meter, refused.reply, unread_body=has_body(scope["headers"]))
             return
-        if scope["http_version"] in _HEARD_ONLY_AFTER_A_SEND:
-            await self._answer(scope, raw, meter, send, listen=receive)
+        except FlagError as error:  # per-request flags that are not even a list of strings
+            await self._refuse(send, meter, reply_for(error))
+            return
+        if incoming.rest is not None:
+            resources_of(scope).push_async_callback(incoming.rest.aclose)
+        # A streamed request body is read from receive() until it is sent: hear the client leave
+        # only after that, as on HTTP/1.
+        if scope["http_version"] in _HEARD_ONLY_AFTER_A_SEND or incoming.rest is not None:
+            await self._answer(scope, incoming, route, meter, send, listen=receive)
         else:
             async with _cancelled_if_the_client_leaves(receive):
-                await self._answer(scope, raw, meter, send, listen=None)
+                await self._answer(scope, incoming, route, meter, send, listen=None)
+
+    # -- the request ---------------------------------------------------------------
+
+    async def _incoming(
+        self, scope: HTTPScope, receive: ASGIReceiveCallable, route: ApiRoute | None
+    ) -> _Incoming:
+        headers = dict(scope["headers"])
+        declared = _content_length(headers)
+        if declared is not None and declared > self._max_body_bytes:
+            raise _Refused(body_too_large(self._max_body_bytes))
+        flags_header = headers.get(_FLAGS_HEADER)
+        header_tokens = None if flags_header is None else flags_header.decode("latin-1")
+        query = scope["query_string"].decode("latin-1")
+        if route is None:
+            return await self._raw(scope, receive, headers, query)
+        target = route.path + (f"?{query}" if query else "")
+        head = [
+            (b"content-type", headers.get(b"content-type", b"application/json")),
+            (b"accept", headers.get(b"accept", b"*/*")),
+            (b"accept-encoding", b"identity"),
+        ]
+        if route.model_in is ModelIn.QUERY:
+            named = parse_qs(query).get(_MODEL_FIELD, [""])[0] or None
+            return _Incoming(target, named, request_flag_tokens({}, header_tokens), head)
+        if route.model_in is ModelIn.FORM:
+            return await self._form(
+                scope=scope,
+                receive=receive,
+                headers=headers,
+                target=target,
+                head=head,
+                header_tokens=header_tokens,
+            )
+        raw = await self._body(scope, receive)
+        body = _parsed(raw)
+        tokens = request_flag_tokens(body, header_tokens)
+        if REQUEST_FLAGS_FIELD in body:  # ours, not llama-server's
+            raw = json.dumps(
+                {key: value for key, value in body.items() if key != REQUEST_FLAGS_FIELD}
+            ).encode()
+        return _Incoming(
+            target, _model_named(body), tokens, head, raw, streamed_answer=body.get("stream") is True
+        )
+
+    async def _form(
+        self,
+        *,
+        scope: HTTPScope,
+        receive: ASGIReceiveCallable,
+        headers: dict[bytes, bytes],
+        target: str,
+        head: list[tuple[bytes, bytes]],
+        header_tokens: str | None,
+    ) -> _Incoming:
+        """A multipart body: read until its model field, then streamed on with what was read."""
+        try:
+            finder = multipart.FieldFinder(
+                multipart.boundary_of(headers.get(b"content-type", b"").decode("latin-1")), _MODEL_FIELD
+            )
+        except multipart.MultipartError as error:
+            raise _bad_request(str(error), "invalid_multipart") from error
+        pieces = self._body_pieces(receive)
+        read: list[bytes] = []
+        try:
+            async for piece in pieces:
+                read.append(piece)
+                finder.feed(piece)
+                if finder.value is not None or finder.ended:
+                    break
+        except multipart.MultipartError as error:
+            await pieces.aclose()
+            raise _bad_request(str(error), "invalid_multipart") from error
+        tokens = request_flag_tokens({}, header_tokens)
+        return _Incoming(
+            target, finder.value or None, tokens, head, b"".join(read), pieces, _content_length(headers)
+        )
+
+    async def _raw(
+        self, scope: HTTPScope, receive: ASGIReceiveCallable, headers: dict[bytes, bytes], query: str
+    ) -> _Incoming:
+        """/upstream/{name}/{path}: the request as it came, for that name's child."""
+        found = apiroutes.upstream_target(scope["path"], query)
+        if found is None:
+            raise _Refused(error_reply(
+                404, f"{scope['path']!r} is not a path of a child: /upstream/NAME/PATH, with no '.' or "
+                "'..' segment", "invalid_request_error", "not_found",
+            ))  # fmt: skip
+        name, _target = found
+        raw_rest = scope["raw_path"].split(b"/", 3)[3] if scope["raw_path"].count(b"/") >= 3 else b""
+        target = "/" + raw_rest.decode("ascii", "replace") + (f"?{query}" if query else "")
+        head = [(n, v) for n, v in scope["headers"] if n not in _DROPPED_REQUEST_HEADERS]
+        length = _content_length(headers)
+        chunked = headers.get(b"transfer-encoding", b"").lower() == b"chunked"
+        if not length and not chunked:
+            return _Incoming(target, name, [], head)
+        return _Incoming(target, name, [], head, b"", self._body_pieces(receive), length)
 
     async def _body(self, scope: HTTPScope, receive: ASGIReceiveCallable) -> bytes:
-        limit = self._max_body_bytes
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                raise _Refused(body_too_large(limit))
-        parts: list[bytes] = []
+        parts = [piece async for piece in self._body_pieces(receive)]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _body_pieces(self, receive: ASGIReceiveCallable) -> AsyncGenerator[bytes]:
+        """The request body as it comes, no more than ``max_body_bytes`` of it (else 413)."""
+        limit = self._max_body_bytes  # a declared length over it is refused before (see _incoming)
         size = 0
         while True:
             message = await receive()
@@ -146,118 +299,267 @@ class OpenAIProxy:
             size += len(part)
             if size > limit:
                 raise _Refused(body_too_large(limit))
-            parts.append(part)
+            if part:
+                yield part
             if not message.get("more_body", False):
-                return parts[0] if len(parts) == 1 else b"".join(parts)
+                return
 
-    async def _refuse(self, send: ASGISendCallable, meter: RequestMeter, reply: ErrorReply) -> None:
+    # -- the answer ----------------------------------------------------------------
+
+    async def _refuse(
+        self, send: ASGISendCallable, meter: RequestMeter, reply: ErrorReply, *, unread_body: bool = False
+    ) -> None:
         meter.failed(reply.status, reply.code)
         self._pool.refused(meter.model, meter.figures())
-        await send_reply(send, reply)
+        await send_reply(send, reply, unread_body=unread_body)
 
     async def _answer(
         self,
         scope: HTTPScope,
-        raw: bytes,
+        incoming: _Incoming,
+        route: ApiRoute | None,
         meter: RequestMeter,
         send: ASGISendCallable,
+        *,
         listen: ASGIReceiveCallable | None,
     ) -> None:
-        """``listen``: where to hear the client leave once the body turns out to come in pieces
+        """``listen``: where to hear the client leave once the answer turns out to come in pieces
         (None: heard already)."""
         leased = False  # once a child is leased, its lease reports how the request went
         started = False  # once the response head is sent, errors can only end the body
         try:
             routes = self._pool.routes
-            body = _parsed(raw)
-            headers = dict(scope["headers"])
-            flags_header = headers.get(_FLAGS_HEADER)
-            name = body["model"]
-            spec = routes.resolve(
-                name,
-                request_flag_tokens(body, None if flags_header is None else flags_header.decode("latin-1")),
-            )
-            meter.asked, meter.model = name, spec.model
-            if REQUEST_FLAGS_FIELD in body:  # ours, not llama-server's
-                raw = json.dumps(
-                    {key: value for key, value in body.items() if key != REQUEST_FLAGS_FIELD}
-                ).encode()
+            spec = routes.resolve(incoming.name, incoming.flag_tokens)
+            asked = incoming.name or routes.default() or spec.model
+            meter.asked, meter.model = asked, spec.model
             resources = resources_of(scope)
-            sidecar = await resources.enter_async_context(self._pool.lease(spec, meter.figures))
+            show_loading = (
+                route is not None
+                and route.shows_loading
+                and incoming.streamed_answer
+                and routes.route(asked).send_loading_state
+                and not self._pool.is_ready(spec.key)
+            )
+            if show_loading:
+                started = True
+                sidecar = await self._lease_showing_the_load(send, resources, spec, asked, meter)
+            else:
+                sidecar = await resources.enter_async_context(self._pool.lease(spec, meter.figures))
             leased = True
-            forwarded = [
-                (b"content-type", headers.get(b"content-type", b"application/json")),
-                (b"accept", headers.get(b"accept", b"*/*")),
-                (b"accept-encoding", b"identity"),
-            ]
-            # The idle timeout is the longest silence allowed: before the headers and between chunks.
-            idle_timeout = routes.config.llama_server.upstream_idle_timeout_s
-            upstream = await sidecar.upstream.request("POST", scope["path"], forwarded, raw, idle_timeout)
+            upstream = await self._ask(
+                sidecar, scope["method"], incoming, routes.config.llama_server.upstream_idle_timeout_s
+            )
             resources.callback(upstream.close)
+            if show_loading:
+                await self._relay_after_loading(upstream, meter, send, listen)
+                return
             meter.answered(upstream.status, upstream.header("content-type"))
             head = [
                 (name, value)
                 for name, value in upstream.headers
                 if name not in _DROPPED_RESPONSE_HEADERS and not name.startswith(b"access-control-")
             ]
-            if _may_explain(upstream):
-                started = True
-                await _send_explained(upstream, head, meter, send, partial(routes.where_to_enable, name))
+            rewrite = _rewriter(upstream, route, partial(routes.where_to_enable, asked), asked)
+            started = True
+            if rewrite is not None:
+                await _send_rewritten(upstream, head, meter, send, rewrite)
                 return
             await send(
                 {"type": "http.response.start", "status": upstream.status, "headers": head, "trailers": False}
             )
-            started = True
             await _relay(upstream, meter, send, listen)
         except _Refused as refused:
-            await self._refuse(send, meter, refused.reply)
+            if started:
+                await _end_stream_with_error(send, refused.reply.body)
+                meter.failed(refused.reply.status, refused.reply.code)
+            else:
+                await self._refuse(send, meter, refused.reply, unread_body=incoming.rest is not None)
         except OrchestratorError as error:
             meter.failed(error.http.status, error.http.code)
             if not leased:
                 self._pool.refused(meter.model, meter.figures())
             if not started:
-                await send_reply(send, reply_for(error))
+                await send_reply(send, reply_for(error), unread_body=incoming.rest is not None)
+            else:
+                await _end_stream_with_error(send, reply_for(error).body)
         except Exception as error:  # a bug, not bad input: log it whole, answer if we still can, keep serving
-            log.error("unexpected error on POST %s", scope["path"], exc_info=error)
+            log.error("unexpected error on %s %s", scope["method"], scope["path"], exc_info=error)
             if not started:
-                await send_reply(send, INTERNAL_ERROR)
+                await send_reply(send, INTERNAL_ERROR, unread_body=incoming.rest is not None)
+
+    async def _ask(
+        self, sidecar: SidecarLike, method: str, incoming: _Incoming, idle_timeout_s: float
+    ) -> UpstreamResponse:
+        """The request to the child; the idle timeout is the longest silence, before the head and
+        between chunks."""
+        if incoming.rest is None:
+            return await sidecar.upstream.request(
+                method, incoming.target, incoming.head, incoming.body, idle_timeout_s
+            )
+        return await sidecar.upstream.request_streaming(
+            method,
+            target=incoming.target,
+            headers=incoming.head,
+            first=incoming.body,
+            rest=incoming.rest,
+            length=incoming.length,
+            idle_timeout_s=idle_timeout_s,
+        )
+
+    async def _lease_showing_the_load(
+        self,
+        send: ASGISendCallable,
+        resources: AsyncExitStack,
+        spec: SidecarSpec,
+        asked: str,
+        meter: RequestMeter,
+    ) -> SidecarLike:
+        """The stream starts at once and shows the child loading (reasoning deltas) until it is ready."""
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEAD, "trailers": False})
+        meter.answered(200, "text/event-stream")
+        loading = LoadingShown(asked, spec.model)
+        await _send_piece(send, meter, loading.started())
+        failure: OrchestratorError | None = None
+        async with trio.open_nursery() as ticking:
+            ticking.start_soon(_tick, send, meter, loading)
+            try:
+                sidecar = await resources.enter_async_context(self._pool.lease(spec, meter.figures))
+            except OrchestratorError as error:
+                failure = error
+            ticking.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        await _send_piece(send, meter, loading.ready())
+        return sidecar
+
+    async def _relay_after_loading(
+        self,
+        upstream: UpstreamResponse,
+        meter: RequestMeter,
+        send: ASGISendCallable,
+        listen: ASGIReceiveCallable | None,
+    ) -> None:
+        """The child's stream after the loading pieces (its head is ours already); an error as an event."""
+        if upstream.status == 200:
+            await _relay(upstream, meter, send, listen)
+            return
+        body = await upstream.read()
+        meter.failed(upstream.status, "sidecar_error")
+        await _end_stream_with_error(send, body)
+
+
+class LoadingShown:
+    """The loading pieces of a chat stream: OpenAI chunks whose deltas are ``reasoning_content``."""
+
+    def __init__(self, asked: str, model: str, now: Callable[[], float] = time.monotonic) -> None:
+        self._asked, self._model, self._now = asked, model, now
+        self._since = now()
+
+    def started(self) -> bytes:
+        what = self._asked if self._asked == self._model else f"{self._asked} ({self._model})"
+        return self._chunk(f"Loading {what}…", role=True)
+
+    def tick(self) -> bytes:
+        return self._chunk(f" {self._now() - self._since:.0f} s…")
+
+    def ready(self) -> bytes:
+        return self._chunk(f" ready after {self._now() - self._since:.1f} s.\n\n")
+
+    def _chunk(self, text: str, *, role: bool = False) -> bytes:
+        delta: dict[str, str] = {"role": "assistant"} if role else {}
+        delta["reasoning_content"] = text
+        chunk = {
+            "id": "chatcmpl-loading", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": self._asked, "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+        }  # fmt: skip
+        return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+async def _tick(send: ASGISendCallable, meter: RequestMeter, loading: LoadingShown) -> None:
+    while True:
+        await trio.sleep(LOADING_TICK_S)
+        with trio.CancelScope(shield=True):  # cancelled while asleep, never in the middle of a send
+            await _send_piece(send, meter, loading.tick())
+
+
+async def _send_piece(send: ASGISendCallable, meter: RequestMeter, piece: bytes) -> None:
+    meter.seen(piece)
+    await send({"type": "http.response.body", "body": piece, "more_body": True})
+
+
+async def _end_stream_with_error(send: ASGISendCallable, error_json: bytes) -> None:
+    """End a response whose head is sent: as an SSE error event (the only thing a stream can still say)."""
+    await send({"type": "http.response.body", "body": b"data: " + error_json + b"\n\n", "more_body": False})
 
 
 def _parsed(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object with a model name, or the 400 that says what is wrong."""
+    """The request body as a JSON object (an empty body is an empty one), or the 400 that says why not."""
+    if not raw.strip():
+        return {}
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise _bad_request(f"the request body is not valid JSON: {error}", "invalid_json") from error
-    if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
+    if not isinstance(body, dict):
         raise _bad_request(
-            "the request body must be a JSON object with a non-empty string field 'model' "
-            "(an agent, model or alias name; see GET /v1/models)",
-            "missing_model",
+            f"the request body must be a JSON object, got {type(body).__name__}", "invalid_json"
         )
     return body
 
 
-def _may_explain(upstream: UpstreamResponse) -> bool:
-    """An error a child may have answered for a capability it was not started with (small JSON)."""
-    if upstream.status not in childerrors.STATUSES or "json" not in upstream.header("content-type"):
-        return False
+def _model_named(body: dict[str, Any]) -> str | None:
+    """The body's model name; None when it names none ("model" absent, null or empty)."""
+    named = body.get(_MODEL_FIELD)
+    if named is None or named == "":
+        return None
+    if not isinstance(named, str):
+        raise _bad_request(
+            f"the body's 'model' must be a string (an agent, model or alias name; see GET /v1/models), "
+            f"got {type(named).__name__}",
+            "missing_model",
+        )
+    return named
+
+
+def _content_length(headers: dict[bytes, bytes]) -> int | None:
+    value = headers.get(b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+Rewrite = Callable[[bytes], bytes | None]
+
+
+def _rewriter(
+    upstream: UpstreamResponse,
+    route: ApiRoute | None,
+    where_to_enable: childerrors.WhereToEnable,
+    asked: str,
+) -> Rewrite | None:
+    """What to change in a small JSON answer before it goes out, or None to relay it as it is."""
+    if route is None or "json" not in upstream.header("content-type"):
+        return None  # /upstream answers go as they are
     length = upstream.header("content-length")
-    return length.isdigit() and int(length) <= childerrors.MAX_BYTES
+    if not (length.isdigit() and int(length) <= REWRITE_MAX_BYTES):
+        return None
+    if upstream.status in childerrors.STATUSES:
+        return partial(childerrors.explain, upstream.status, where_to_enable=where_to_enable)
+    if route.hides_paths and upstream.status == 200:
+        return partial(apiroutes.hide_model_path, public_name=asked)
+    return None
 
 
-async def _send_explained(
+async def _send_rewritten(
     upstream: UpstreamResponse,
     head: list[tuple[bytes, bytes]],
     meter: RequestMeter,
     send: ASGISendCallable,
-    where_to_enable: childerrors.WhereToEnable,
+    rewrite: Rewrite,
 ) -> None:
-    """The child's error, read whole, with how to enable what it lacks here (see childerrors)."""
+    """The child's answer, read whole, with our words in it (or as it was, when there are none)."""
     body = await upstream.read()
-    explained = childerrors.explain(upstream.status, body, where_to_enable)
-    if explained is not None:
-        body = explained
+    rewritten = rewrite(body)
+    if rewritten is not None:
+        body = rewritten
         head = [(n, v) for n, v in head if n != b"content-length"] + [(b"content-length", b"%d" % len(body))]
     meter.seen(body)
     await send({"type": "http.response.start", "status": upstream.status, "headers": head, "trailers": False})
@@ -306,11 +608,10 @@ async def _relay_pieces(
     except UpstreamError as failure:
         log.warning("%s", failure)
         meter.failed(failure.http.status, failure.http.code)
-        ending = b""
         if upstream.header("content-type").startswith("text/event-stream"):
-            event = {"error": {"message": str(failure), "type": "server_error", "code": failure.http.code}}
-            ending = f"data: {json.dumps(event)}\n\n".encode()
-        await send({"type": "http.response.body", "body": ending, "more_body": False})
+            await _end_stream_with_error(send, error_body(str(failure), "server_error", failure.http.code))
+        else:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
     return False
 
@@ -328,30 +629,3 @@ async def _cancel_when_the_client_leaves(receive: ASGIReceiveCallable, exchange:
     while (await receive())["type"] != "http.disconnect":
         pass  # nothing else comes once the body is read
     exchange.cancel()
-
-
-def register_openai_routes(app: QuartTrio, pool: Pool) -> None:
-    """GET /v1/models, in Quart (POST on the OpenAI routes is OpenAIProxy's).
-
-    The routes are the pool's current ones, read per request: a reload applies at once.
-    """
-
-    @app.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
-        routes = pool.routes
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": route.name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "llama-sidecar",
-                    "kind": route.kind,
-                    "model": route.model.name,
-                    "sidecar_key": routes.key_of(route.name),
-                    "allow_request_flags": route.allow_request_flags,
-                }
-                for route in routes.routes()
-            ],
-        }

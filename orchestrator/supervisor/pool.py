@@ -36,6 +36,7 @@ from orchestrator.errors import (
     BackoffError,
     CapacityError,
     InsufficientMemoryError,
+    OrchestratorError,
     OverloadedError,
     SpawnError,
 )
@@ -564,7 +565,8 @@ class Pool:
         failure = None if outcome is None else outcome.failure()
         if failure is not None:
             now = trio.current_time()
-            self._crashes.record(key, Failure(now, failure.reason, failure.stderr_tail))
+            exit_code = None if outcome is None else outcome.exit_code
+            self._crashes.record(key, Failure(now, failure.reason, failure.stderr_tail, exit_code))
             backoff = self._crashes.backoff(key, now)
             if backoff is not None:
                 for_s = backoff.until - now
@@ -626,6 +628,27 @@ class Pool:
     def get(self, key: str) -> SidecarLike | None:
         tenancy = self._live.get(key)
         return None if tenancy is None else tenancy.sidecar
+
+    def is_ready(self, key: str) -> bool:
+        """Whether a request for ``key`` finds its child ready now (no load to wait for)."""
+        sidecar = self.get(key)
+        return sidecar is not None and sidecar.state is State.READY
+
+    def last_failure(self, key: str) -> Failure | None:
+        """Why ``key``'s last child failed, while that is remembered (see CrashHistory)."""
+        return self._crashes.last(key)
+
+    def load_soon(self, spec: SidecarSpec) -> None:
+        """Start ``spec``'s child without waiting for it (router-mode /models/load): its progress shows
+        in its state, a failure in its outcome and the crash-loop history."""
+        assert self._nursery is not None, "Pool.run() is not running"
+        self._nursery.start_soon(self._load_quietly, spec)
+
+    async def _load_quietly(self, spec: SidecarSpec) -> None:
+        try:
+            await self.preload(spec)
+        except OrchestratorError as error:  # nobody waits for it: the outcome and the log say it
+            log.warning("loading %s failed: %s", spec.model, error)
 
     def sidecars(self) -> list[SidecarLike]:
         return [tenancy.sidecar for tenancy in self._live.values()]

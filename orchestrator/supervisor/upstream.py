@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Sequence
 from contextlib import aclosing
 
 import trio
@@ -30,7 +30,7 @@ from orchestrator.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from orchestrator.http1 import ResponseHead, ResponseReader, encode_request
+from orchestrator.http1 import ResponseHead, ResponseReader, encode_chunk, encode_head, encode_request
 
 CONNECT_TIMEOUT_S = 5.0
 MAX_IDLE_CONNECTIONS = 32
@@ -210,6 +210,65 @@ class Upstream:
                 raise
             return UpstreamResponse(self, connection, head, idle_timeout_s)
 
+    async def request_streaming(
+        self,
+        method: str,
+        *,
+        target: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        first: bytes,
+        rest: AsyncIterable[bytes],
+        length: int | None,
+        idle_timeout_s: float,
+    ) -> UpstreamResponse:
+        """Send a request whose body comes in pieces, ``first`` then ``rest`` (chunked when ``length`` is
+        None), on a fresh connection (a stale kept-alive one could not be retried: the body is not
+        kept), and wait for the response's status and headers."""
+        if self._closed:
+            raise UpstreamError(f"{self._label} has exited")
+        head = encode_head(method, target, [(b"host", self._authority), *headers], length)
+        connection = await self._connect()
+        try:
+            await self._send_body(
+                connection,
+                head=head,
+                first=first,
+                rest=rest,
+                chunked=length is None,
+                idle_timeout_s=idle_timeout_s,
+            )
+            return UpstreamResponse(self, connection, await self._exchange(connection, b"", idle_timeout_s),
+                                    idle_timeout_s)  # fmt: skip
+        except StaleConnectionError as broken:  # a fresh connection's failure is the child's
+            connection.close()
+            raise self.failure("did not answer", broken.__cause__) from broken.__cause__
+        except BaseException:
+            connection.close()
+            raise
+
+    async def _send_body(
+        self,
+        connection: _Connection,
+        *,
+        head: bytes,
+        first: bytes,
+        rest: AsyncIterable[bytes],
+        chunked: bool,
+        idle_timeout_s: float,
+    ) -> None:
+        try:
+            await connection.send(
+                head + (encode_chunk(first) if chunked and first else first), idle_timeout_s
+            )
+            async for piece in rest:
+                await connection.send(encode_chunk(piece) if chunked else piece, idle_timeout_s)
+            if chunked:
+                await connection.send(encode_chunk(b""), idle_timeout_s)
+        except TimeoutError:
+            raise self.timeout(idle_timeout_s) from None
+        except OSError as error:
+            raise self.failure("stopped taking the request", error) from error
+
     async def get(self, target: str, timeout_s: float) -> tuple[int, bytes]:
         """A small GET (health, props): its status and whole body, each wait bounded by ``timeout_s``."""
         response = await self.request("GET", target, [], b"", timeout_s)
@@ -217,7 +276,8 @@ class Upstream:
 
     async def _exchange(self, connection: _Connection, request: bytes, idle_timeout_s: float) -> ResponseHead:
         try:
-            await connection.send(request, idle_timeout_s)
+            if request:
+                await connection.send(request, idle_timeout_s)
             while (head := connection.reader.head()) is None:
                 await connection.receive(idle_timeout_s)
             return head

@@ -76,9 +76,10 @@ async def test_an_endpoint_that_cannot_answer_anything_stops_the_run_with_the_re
             EndpointError, match=r"HTTP 404 .*is 'nope' a model or agent name .*known models: m"
         ):
             await run_suite(store, ThreeQuestions(), keyed, "nope", sampling=Sampling())
-        without_v1 = Endpoint(url, "local", keyed.headers)
+        # (The daemon serves llama.cpp's version-less spellings too: a URL without /v1 would work.)
+        wrong_prefix = Endpoint(f"{url}/v2", "local", keyed.headers)
         with pytest.raises(EndpointError, match=r"HTTP 404 .*usually ending in /v1"):
-            await run_suite(store, ThreeQuestions(), without_v1, "m", sampling=Sampling())
+            await run_suite(store, ThreeQuestions(), wrong_prefix, "m", sampling=Sampling())
         with pytest.raises(EndpointError, match=r"HTTP 401 \(the key was refused\)"):
             await run_suite(store, ThreeQuestions(), Endpoint(f"{url}/v1", "local"), "m", sampling=Sampling())
     assert all(run["answered"] == 0 for run in store.runs())

@@ -24,6 +24,16 @@ JSON object:
 ``--list-devices`` lists the devices in ``$FAKE_LLAMA_DEVICES``
 (``CUDA0:24576:24000,CUDA1:...``: name, total MiB, free MiB), else none.
 
+It answers llama-server's other routes in their shapes, enough to route them:
+``/v1/messages`` (Anthropic, streamed too), ``/v1/responses`` (streamed too),
+``/tokenize``, ``/detokenize``, ``/apply-template``, ``/infill`` (with
+``"fim": true`` in the model file, else llama-server's 501), the rerank routes
+(with ``--reranking``, else its 501), ``/v1/audio/transcriptions`` (multipart:
+it counts the bytes it got), ``/props`` (with ``model_path``), ``/slots``,
+``/lora-adapters``; any other method echoes what reached it. Every JSON answer
+carries ``path`` (with the query) and ``request_keys``, so tests can see what
+reached the child. A body may come chunked.
+
 ``--help`` prints the llama-server help shipped in orchestrator/data. Like
 llama-server it binds first, answers 503 while loading, logs "model
 loaded" and "listening on" when ready, ends a stream with an event carrying
@@ -54,6 +64,8 @@ def log(text: str) -> None:
 
 class State:
     behaviour: dict[str, Any] = {}  # noqa: RUF012 - process-wide fake state
+    model_path = ""
+    alias = ""
     ready = threading.Event()
     health = "ok"
     requests = 0
@@ -86,12 +98,32 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            pieces = []
+            while (size := int(self.rfile.readline().strip() or b"0", 16)) > 0:
+                pieces.append(self.rfile.read(size))
+                self.rfile.readline()
+            self.rfile.readline()  # the empty line after the last chunk
+            return b"".join(pieces)
+        return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+
+    def echo(self) -> None:
+        body = self.read_body()
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        self.send_json(
+            200, {"method": self.command, "path": self.path, "body_bytes": len(body), "headers": headers}
+        )
+
+    do_PUT = do_DELETE = do_PATCH = echo
+
     def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
         if not State.ready.is_set():
             self.send_json(
                 503, {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
             )
-        elif self.path == "/metrics" and "--metrics" in sys.argv:
+        elif path == "/metrics" and "--metrics" in sys.argv:
             time.sleep(float(State.behaviour.get("metrics_delay_s", 0)))
             body = (
                 "# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.\n"
@@ -109,9 +141,16 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
-        elif self.path == "/props":
-            self.send_json(200, {"total_slots": int(State.behaviour.get("slots", 4))})
-        elif self.path == "/health":
+        elif path == "/props":
+            props = {"total_slots": int(State.behaviour.get("slots", 4)), "model_path": State.model_path}
+            self.send_json(200, {**props, "model_alias": State.alias, "path": self.path})
+        elif path == "/slots":
+            count = State.behaviour.get("slots", 4)
+            slots = [{"id": i, "n_ctx": 512, "is_processing": False} for i in range(count)]
+            self.send_json(200, slots)
+        elif path == "/lora-adapters":
+            self.send_json(200, [])
+        elif path == "/health":
             if State.health == "hang":
                 time.sleep(3600)
             elif State.health == "error":
@@ -122,8 +161,11 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(404, {"error": {"code": 404, "message": "File Not Found"}})
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length", "0"))
-        body = json.loads(self.rfile.read(length) or b"{}")
+        raw = self.read_body()
+        if self.headers.get("Content-Type", "").startswith("multipart/form-data"):
+            self.transcribe(raw)
+            return
+        body = json.loads(raw or b"{}")
         if self.path == "/fake/control":
             State.health = body.get("health", State.health)
             if "flood" in body:
@@ -147,11 +189,17 @@ class Handler(BaseHTTPRequestHandler):
         tokens = [f"tok{i} " for i in range(int(State.behaviour.get("tokens", 4)))]
         State.prompt_tokens += 3
         State.generated_tokens += len(tokens)
+        seen = {"path": self.path, "request_keys": sorted(body)}  # lets tests see what reached the child
         if self.path == "/v1/embeddings":
-            self.send_json(
-                200,
-                {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]},
-            )
+            vectors = [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]
+            self.send_json(200, {"object": "list", "data": vectors, **seen})
+        elif self.path == "/v1/messages" and body.get("stream"):
+            self.stream_events(anthropic_events(body, tokens))
+        elif self.path == "/v1/responses" and body.get("stream"):
+            self.stream_events(responses_events(tokens))
+        elif self.path in OTHER_ROUTES:
+            status, answer = OTHER_ROUTES[self.path](body, tokens)
+            self.send_json(status, {**answer, **seen} if status == 200 else answer)
         elif body.get("stream"):
             self.stream(tokens)
         else:
@@ -167,9 +215,31 @@ class Handler(BaseHTTPRequestHandler):
                         "completion_tokens": len(tokens),
                         "total_tokens": 3 + len(tokens),
                     },
-                    "request_keys": sorted(body),  # lets tests see what reached the child
+                    **seen,
                 },
             )
+
+    def transcribe(self, raw: bytes) -> None:
+        """A multipart transcription: how many bytes of which fields came."""
+        boundary = self.headers["Content-Type"].split("boundary=", 1)[1].strip('"').encode()
+        fields = {}
+        for part in raw.split(b"--" + boundary)[1:-1]:
+            head, _, value = part.partition(b"\r\n\r\n")
+            name = head.split(b'name="', 1)[1].split(b'"', 1)[0].decode()
+            fields[name] = value[:-2]  # the part's own line end
+        model = fields.get("model", b"").decode()
+        self.send_json(200, {"text": f"{len(fields.get('file', b''))} bytes heard", "model": model,
+                             "file_bytes": len(fields.get("file", b"")), "path": self.path})  # fmt: skip
+
+    def stream_events(self, events: list[tuple[str | None, dict[str, Any]]]) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for event, data in events:
+            prefix = f"event: {event}\n" if event else ""
+            self.write_chunk(f"{prefix}data: {json.dumps(data)}\n\n".encode())
+        self.write_chunk(b"")
 
     def stream(self, tokens: list[str]) -> None:
         self.send_response(200)
@@ -200,6 +270,71 @@ class Handler(BaseHTTPRequestHandler):
     def write_chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
+
+
+def not_supported(message: str) -> tuple[int, dict[str, Any]]:
+    return 501, {"error": {"code": 501, "message": message, "type": "not_supported_error"}}
+
+
+def rerank(body: dict[str, Any], _tokens: list[str]) -> tuple[int, dict[str, Any]]:
+    if not {"--rerank", "--reranking"} & set(sys.argv):
+        return not_supported("This server does not support reranking. Start it with `--reranking`")
+    documents = body.get("documents", [])
+    results = [{"index": i, "relevance_score": 1.0 / (i + 1)} for i in range(len(documents))]
+    return 200, {"model": State.alias, "results": results, "usage": {"prompt_tokens": 5, "total_tokens": 5}}
+
+
+def infill(_body: dict[str, Any], tokens: list[str]) -> tuple[int, dict[str, Any]]:
+    if not State.behaviour.get("fim"):
+        return not_supported("Infill is not supported by this model: prefix token is missing. ")
+    return 200, {"content": "".join(tokens), "timings": {"prompt_n": 3, "predicted_n": len(tokens)}}
+
+
+def anthropic_message(_body: dict[str, Any], tokens: list[str]) -> tuple[int, dict[str, Any]]:
+    usage = {"input_tokens": 1, "cache_read_input_tokens": 2, "output_tokens": len(tokens)}
+    content = [{"type": "text", "text": "".join(tokens)}]
+    message = {"type": "message", "role": "assistant", "model": State.alias, "content": content}
+    return 200, {**message, "usage": usage}
+
+
+def anthropic_events(_body: dict[str, Any], tokens: list[str]) -> list[tuple[str | None, dict[str, Any]]]:
+    start = {"type": "message", "role": "assistant", "model": State.alias, "usage": {"input_tokens": 3}}
+    events: list[tuple[str | None, dict[str, Any]]] = [
+        ("message_start", {"type": "message_start", "message": start})
+    ]
+    for text in tokens:
+        delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
+        events.append(("content_block_delta", delta))
+    events.append(("message_delta", {"type": "message_delta", "usage": {"output_tokens": len(tokens)}}))
+    events.append(("message_stop", {"type": "message_stop"}))
+    return events
+
+
+def responses_answer(_body: dict[str, Any], tokens: list[str]) -> tuple[int, dict[str, Any]]:
+    usage = {"input_tokens": 3, "output_tokens": len(tokens), "total_tokens": 3 + len(tokens)}
+    text = [{"type": "message", "content": [{"type": "output_text", "text": "".join(tokens)}]}]
+    return 200, {"object": "response", "model": State.alias, "output": text, "usage": usage}
+
+
+def responses_events(tokens: list[str]) -> list[tuple[str | None, dict[str, Any]]]:
+    events: list[tuple[str | None, dict[str, Any]]] = [
+        ("response.output_text.delta", {"type": "response.output_text.delta", "delta": t}) for t in tokens
+    ]
+    done = {"type": "response.completed", "response": responses_answer({}, tokens)[1]}
+    return [*events, ("response.completed", done)]
+
+
+OTHER_ROUTES = {
+    "/tokenize": lambda body, _t: (200, {"tokens": [1, 2, 3]}),
+    "/detokenize": lambda body, _t: (200, {"content": "tok0 tok1"}),
+    "/apply-template": lambda body, _t: (200, {"prompt": "<|user|>hi"}),
+    "/v1/messages/count_tokens": lambda body, _t: (200, {"input_tokens": 7}),
+    "/v1/chat/completions/input_tokens": lambda body, _t: (200, {"input_tokens": 7}),
+    "/infill": infill,
+    "/v1/messages": anthropic_message,
+    "/v1/responses": responses_answer,
+    **dict.fromkeys(["/v1/rerank", "/rerank", "/reranking", "/v1/reranking"], rerank),
+}
 
 
 def flood(lines: int, batch: int, pause_s: float, first: int = 0) -> None:
@@ -268,6 +403,9 @@ def main(argv: list[str]) -> int:
             options[token] = argv[index + 1]
     with open(options["--model"]) as file:
         State.behaviour = json.load(file)
+    State.model_path = os.path.abspath(options["--model"])
+    aliases = next((argv[i + 1] for i, t in enumerate(argv[:-1]) if t == "--alias"), "")
+    State.alias = aliases.split(",")[0] if aliases else State.model_path
     behaviour = State.behaviour
     host, port = options.get("--host", "127.0.0.1"), int(options.get("--port", "8080"))
     if behaviour.get("ignore_sigterm"):

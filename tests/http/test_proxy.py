@@ -301,14 +301,17 @@ def fake_daemon_config(tmp_path: Path, fake_model: Callable[..., str]) -> Callab
 async def test_errors_have_the_openai_shape(
     fake_daemon_config: Callable[..., Any], fake_binary: LlamaServerBinary
 ) -> None:
-    config = fake_daemon_config(m={})
+    config = fake_daemon_config(m={}, n={})  # two models, no default: a request must name one
     async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient() as client:
         unknown = await chat(client, url, "nope")
-        assert unknown.status_code == 404 and "known models: m" in error_of(unknown)["message"]
+        assert unknown.status_code == 404 and "known models: m, n" in error_of(unknown)["message"]
         bad_json = await client.post(f"{url}/v1/chat/completions", content=b"{not json")
         assert bad_json.status_code == 400 and error_of(bad_json)["code"] == "invalid_json"
         no_model = await client.post(f"{url}/v1/completions", json={"prompt": "x"})
-        assert no_model.status_code == 400 and "'model'" in error_of(no_model)["message"]
+        assert no_model.status_code == 400 and error_of(no_model)["code"] == "missing_model"
+        assert "names no model" in error_of(no_model)["message"] and "m, n" in error_of(no_model)["message"]
+        not_a_name = await client.post(f"{url}/v1/completions", json={"model": 5, "prompt": "x"})
+        assert not_a_name.status_code == 400 and "'model' must be a string" in error_of(not_a_name)["message"]
         not_object = await client.post(f"{url}/v1/embeddings", json=["model", "m"])
         assert not_object.status_code == 400
         wrong_method = await client.get(f"{url}/v1/chat/completions")
