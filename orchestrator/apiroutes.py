@@ -105,6 +105,12 @@ def needs_api_key(path: str) -> bool:
     return path in PATHS or path in MODEL_MANAGEMENT or path.startswith("/v1/")
 
 
+def is_slot_action(method: str, child_path: str) -> bool:
+    """Whether a request would make a child save, restore or erase a slot (a file of its choosing)."""
+    slots = child_path == "/slots" or child_path.startswith(SLOT_ACTION_PREFIX)
+    return slots and method not in ("GET", "HEAD")
+
+
 def upstream_target(path: str, query: str) -> tuple[str, str] | None:
     """``/upstream/{name}/{rest}`` -> (name, the child's target ``/{rest}?{query}``); None when the path
     could leave that child: ``.`` or ``..`` segments, an empty name, a backslash, a NUL, ``//``.

@@ -192,7 +192,7 @@ OWNED_FLAGS = frozenset(
         "--hf-token", "--hf-repo-draft", "--spec-draft-hf", "--hf-repo-v", "--hf-file-v", "--alias",
         "--api-key", "--api-key-file", "--ssl-key-file", "--ssl-cert-file", "--path", "--api-prefix",
         "--reuse-port", "--log-file", "--log-disable", "--help", "--usage", "--version",
-        "--list-devices", "--cache-list", "--completion-bash", "--metrics",
+        "--list-devices", "--cache-list", "--completion-bash", "--metrics", "--slot-save-path",
     }
 )  # fmt: skip
 OWNED_PREFIXES = ("--models-", "--no-models-", "--ssl-", "--api-key", "--hf-")

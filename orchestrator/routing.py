@@ -56,6 +56,7 @@ class SidecarSpec:
     # The names requests reach it by: its --alias, so its answers say a name users know, never the
     # model file's path. Not part of the key (a name added by a reload does not restart it).
     names: tuple[str, ...] = ()
+    identity: str = ""  # the model's and binary's (see Route.identity): what its saved KV cache is of
 
     def argv(self, port: int) -> list[str]:
         # Explicit flags go last: llama.cpp's last-wins parsing lets them win anyway.
@@ -114,6 +115,7 @@ class Route:
             self.idle_ttl_s,
             self.placement,
             names=(self.name,),
+            identity=self.identity,
         )
 
 

@@ -26,6 +26,7 @@ from orchestrator.http.connections import sever_connections
 from orchestrator.routing import RouteTable, SidecarSpec
 from orchestrator.sdnotify import Notifier
 from orchestrator.supervisor.history import History
+from orchestrator.supervisor.kvcache import KvCache, store_dir
 from orchestrator.supervisor.memory import STORE_NAME, LearnedStore, MemoryPlanner
 from orchestrator.supervisor.metrics import PoolMetrics
 from orchestrator.supervisor.pool import Pool
@@ -87,7 +88,9 @@ class Daemon:
             await nursery.start(watchdog.run)
             memory = MemoryPlanner(self.routes.config, LearnedStore(state_dir() / STORE_NAME))
             await trio.to_thread.run_sync(memory.discover, self.routes)
-            pool = self.pool = Pool(self.routes, watchdog, memory=memory)
+            kv = KvCache(self.config.kv_cache, store_dir(self.config.kv_cache))
+            await nursery.start(kv.run, self.routes)
+            pool = self.pool = Pool(self.routes, watchdog, memory=memory, kv=kv)
             metrics = PoolMetrics(pool)  # before anything starts: every spawn is counted
             history = self.history = History(pool)
             await nursery.start(pool.run)

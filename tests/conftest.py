@@ -140,8 +140,9 @@ def make_config(
     pool: dict[str, Any] | None = None,
     llama_server: dict[str, Any] | None = None,
     server: dict[str, Any] | None = None,
+    kv_cache: dict[str, Any] | None = None,
 ) -> Config:
-    """A validated Config listening on an ephemeral loopback port."""
+    """A validated Config listening on an ephemeral loopback port, its KV cache store the test's own."""
     document = {
         "server": {"host": "127.0.0.1", "port": 0, **(server or {})},
         "llama_server": {
@@ -151,6 +152,7 @@ def make_config(
             **(llama_server or {}),
         },
         "pool": pool or {},
+        "kv_cache": {"dir": str(tmp_path / "kv"), **(kv_cache or {})},
         "models": models,
         "agents": agents or {},
     }
@@ -193,7 +195,10 @@ async def poll_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 10
 
 
 def own_argv(argv: list[str]) -> list[str]:
-    """A child's command line without the --verbosity 4 of a first start (which the learned state decides)."""
+    """A child's command line without what a start adds: its KV cache folder (a per-test path) and the
+    --verbosity 4 of a first start (which the learned state decides)."""
+    if argv[-2:-1] == ["--slot-save-path"]:
+        argv = argv[:-2]
     return argv[: -len(LEARNING_ARGV)] if tuple(argv[-len(LEARNING_ARGV) :]) == LEARNING_ARGV else argv
 
 

@@ -29,6 +29,7 @@ CONFIG_HEADINGS = {
     "llama_server": "## `[llama_server]`",
     "pool": "## `[pool]`",
     "pool.crash_loop": "### `[pool.crash_loop]`",
+    "kv_cache": "## `[kv_cache]`",
     "models.NAME": "## Models",
     "agents.NAME": "## Agents",
 }

@@ -166,6 +166,7 @@ def _register_api(app: QuartTrio, view: PoolView, reload: Reloader) -> None:
             "evictions": pool_summary["evictions"],
             "pool": pool_summary,
             "backing_off": pool.backoffs(),
+            "kv_cache": None if pool.kv is None else pool.kv.describe_store(),
         }
 
     @app.delete("/api/sidecars/<key>")

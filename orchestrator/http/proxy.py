@@ -134,6 +134,13 @@ class _Incoming:
     streamed_answer: bool = False  # asked for an SSE stream ("stream": true)
 
 
+def _slot_action_refused() -> SlotActionError:
+    return SlotActionError(
+        "slot actions (save, restore, erase) are the supervisor's: it decides where slot files go "
+        "(the KV cache kept across swaps); GET /slots?model=NAME shows a child's slots"
+    )
+
+
 class ApiProxy:
     """ASGI middleware: answers llama-server's routes from the pool; passes the rest on."""
 
@@ -151,12 +158,8 @@ class ApiProxy:
         unread = has_body(scope["headers"])
         if route is not None or path.startswith(apiroutes.UPSTREAM_PREFIX):
             await self._exchange(scope, receive, send, route)
-        elif method == "POST" and path.startswith(apiroutes.SLOT_ACTION_PREFIX):
-            refused = SlotActionError(
-                "slot actions (save, restore, erase) are the supervisor's: it decides where slot files "
-                "go; GET /slots?model=NAME shows a child's slots"
-            )
-            await send_reply(send, reply_for(refused), unread_body=unread)
+        elif apiroutes.is_slot_action(method, path):
+            await send_reply(send, reply_for(_slot_action_refused()), unread_body=unread)
         elif path in apiroutes.PATHS and path not in apiroutes.OWN_WITHOUT_MODEL:
             await send_reply(send, method_not_allowed(method, path), unread_body=unread)
         else:
@@ -272,7 +275,9 @@ class ApiProxy:
                 404, f"{scope['path']!r} is not a path of a child: /upstream/NAME/PATH, with no '.' or "
                 "'..' segment", "invalid_request_error", "not_found",
             ))  # fmt: skip
-        name, _target = found
+        name, child_target = found
+        if apiroutes.is_slot_action(scope["method"], child_target.partition("?")[0]):
+            raise _Refused(reply_for(_slot_action_refused()))
         raw_rest = scope["raw_path"].split(b"/", 3)[3] if scope["raw_path"].count(b"/") >= 3 else b""
         target = "/" + raw_rest.decode("ascii", "replace") + (f"?{query}" if query else "")
         head = [(n, v) for n, v in scope["headers"] if n not in _DROPPED_REQUEST_HEADERS]

@@ -2,7 +2,8 @@
 
 A sidecar reports its life (``Starting``, ``Ready``, ``Unhealthy``, ``Exited``)
 to the pool; the pool adds its own (``Spawned``, ``RequestStarted``,
-``RequestFinished``, ``Evicted``) and the stats sampler ``Stats``. The pool acts
+``RequestFinished``, ``Evicted``), the KV cache store ``KvSaved``, ``KvRestored``
+and ``KvDropped``, and the stats sampler ``Stats``. The pool acts
 on them, the websocket feed sends them (``to_json``), and metrics count them.
 
 A child's life ends in exactly one ``Outcome``: ``Stopped`` on purpose (with
@@ -240,6 +241,39 @@ class Evicted(SidecarEvent):
 
     def details(self) -> dict[str, Any]:
         return {"reason": self.reason.value, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class KvSaved(SidecarEvent):
+    """One of its slots was saved to the KV cache store before it stopped (see kvcache)."""
+
+    kind: ClassVar[str] = "kv_saved"
+    slot: int
+    tokens: int
+    bytes: int
+    took_s: float
+
+
+@dataclass(frozen=True)
+class KvRestored(SidecarEvent):
+    """A saved slot was loaded into it before it became ready; ``cached_tokens``: what a request found."""
+
+    kind: ClassVar[str] = "kv_restored"
+    slot: int
+    tokens: int
+    bytes: int
+    took_s: float
+    cached_tokens: int | None
+
+
+@dataclass(frozen=True)
+class KvDropped(SidecarEvent):
+    """A slot was not saved (``action`` "save") or a saved one not restored ("restore"), and why."""
+
+    kind: ClassVar[str] = "kv_dropped"
+    action: str
+    slot: int
+    reason: str
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ from orchestrator.supervisor.events import (
     Unhealthy,
 )
 from orchestrator.supervisor.fanout import FanOut
+from orchestrator.supervisor.kvcache import KvCache
 from orchestrator.supervisor.logtail import LogFeed
 from orchestrator.supervisor.memory import MemoryPlanner, Need
 from orchestrator.supervisor.sidecar import Sidecar
@@ -83,6 +84,7 @@ class SidecarLike(Protocol):
     stderr: LogFeed
     outcome: Outcome | None
     measured: Footprint | None  # what it said it uses (llama-server's accounting), once ready
+    ready_at: float | None  # when it became ready, if it did
 
     @property
     def key(self) -> str: ...
@@ -155,9 +157,13 @@ class Pool:
         guard: ChildGuard | None = None,
         sidecar_factory: SidecarFactory | None = None,
         memory: MemoryPlanner | None = None,
+        kv: KvCache | None = None,
     ) -> None:
         self.routes = routes
         self.memory = memory or MemoryPlanner(routes.config)
+        self.kv = kv  # children's KV cache across swaps (None: not kept)
+        if kv is not None:
+            kv.on_event = self._on_kv_event
         self._guard = guard
         self._make_sidecar = sidecar_factory or self._real_sidecar
         self.evictions = 0
@@ -401,7 +407,10 @@ class Pool:
         restarts = self._spawns.get(spec.key, 0)
         self._spawns[spec.key] = restarts + 1
         need = self.memory.need(spec)
-        extra = self.memory.start_argv(spec, partial(self.routes.binary_knows, spec.binary))
+        knows = partial(self.routes.binary_knows, spec.binary)
+        extra = self.memory.start_argv(spec, knows)
+        if self.kv is not None:
+            extra += self.kv.start_argv(spec, knows)
         spec = dataclasses.replace(spec, extra_argv=extra)  # this start only, not the key
         sidecar = self._make_sidecar(spec, restarts, self._on_sidecar_event)
         tenancy = self._live[spec.key] = _Tenancy(sidecar, need)
@@ -419,6 +428,7 @@ class Pool:
             allocate_port=self._allocate_port,
             restarts=restarts,
             on_event=on_event,
+            prepare=None if self.kv is None else self.kv.restore,
         )
 
     async def _own(self, tenancy: _Tenancy) -> None:
@@ -457,7 +467,11 @@ class Pool:
     async def _drain_then_stop(self, tenancy: _Tenancy, reason: StopReason, detail: str) -> None:
         with trio.move_on_after(self._pool_settings.drain_timeout_s):
             await tenancy.idle.wait()
-        await tenancy.sidecar.stop(reason, detail)
+        sidecar = tenancy.sidecar
+        # A ready child keeps what it has processed: its slots are saved while it still runs.
+        if self.kv is not None and sidecar.ready_at is not None and sidecar.outcome is None:
+            await self.kv.save(sidecar)
+        await sidecar.stop(reason, detail)
 
     def _count_eviction(self, sidecar: SidecarLike, reason: StopReason, detail: str) -> None:
         if reason is not StopReason.SHUTDOWN:
@@ -490,6 +504,9 @@ class Pool:
         """
         self.routes = routes
         self._crashes.rule = routes.config.pool.crash_loop
+        if self.kv is not None:
+            self.kv.settings = routes.config.kv_cache
+            self.kv.forget_stale(routes)
         wanted = self._configured_keys()
         kept, stopping = [], []
         for tenancy in list(self._live.values()):
@@ -547,6 +564,10 @@ class Pool:
         if sidecar is not None:
             self._emit(event, sidecar)
         self._notify()
+
+    def _on_kv_event(self, event: SidecarEvent) -> None:
+        tenancy = self._live.get(event.key)
+        self._emit(event, None if tenancy is None else tenancy.sidecar)
 
     def _learn(self, tenancy: _Tenancy) -> None:
         sidecar = tenancy.sidecar
@@ -673,7 +694,14 @@ class Pool:
             if tenancy is None
             else {**tenancy.need.to_json(), "counted_mib": self.counted_mib(sidecar.key)}
         )
-        return {**sidecar.describe(), **leases, "memory": memory, "agents": self.routes.users(sidecar.key)}
+        kv_cache = None if self.kv is None else self.kv.describe(sidecar.key)
+        return {
+            **sidecar.describe(),
+            **leases,
+            "memory": memory,
+            "agents": self.routes.users(sidecar.key),
+            "kv_cache": kv_cache,
+        }
 
     def counted_bytes(self, key: str) -> dict[str, int] | None:
         """What a live child counts for against the budgets now, per device."""

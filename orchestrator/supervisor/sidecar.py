@@ -21,7 +21,7 @@ import logging
 import re
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import trio
@@ -79,6 +79,7 @@ class Sidecar(Lifecycle):
         allocate_port: Callable[[], int],
         restarts: int = 0,
         on_event: Callable[[SidecarEvent], None] = lambda _event: None,
+        prepare: Callable[[Sidecar], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -100,6 +101,7 @@ class Sidecar(Lifecycle):
         self._echo_level = logging.INFO if settings.echo_stderr else logging.DEBUG
         self._allocate_port = allocate_port
         self._on_event = on_event  # told: Starting, Ready, Unhealthy, Exited
+        self._prepare = prepare  # once it answers, before it is ready (its saved KV cache restored)
         self._settled = trio.Event()  # ready, or gone
         self._exited = trio.Event()
         self._hint = trio.Event()
@@ -260,6 +262,8 @@ class Sidecar(Lifecycle):
     async def _serve_until_unhealthy(self, task_status: trio.TaskStatus[None]) -> None:
         """Mark the child ready, tell whoever started us, then watch its health."""
         self.slots = await self._read_slots()
+        if self._prepare is not None:
+            await self._prepare(self)
         self.measured = parse_breakdown(self._accounting)
         if self._state is State.STARTING:  # else it was taken out of service meanwhile
             self._move(State.READY)

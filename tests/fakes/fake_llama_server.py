@@ -20,6 +20,13 @@ JSON object:
     breakdown           {"Host": [model, context, compute], "CUDA0": [...]} in MiB: printed as
                         llama-server's memory accounting while loading, at --verbosity 4
     metrics_delay_s     wait this long before answering GET /metrics
+    cached_tokens       once it has answered a request, slot 0 holds this many tokens (GET /slots'
+                        n_prompt_tokens), as llama-server's cache of that prompt
+    kv_bytes_per_token  a saved slot file's size per token, past its header and prompt (default 1000)
+    save_delay_s        a slot save takes this long
+    crash_during_save   a slot save writes half its file, then the process dies
+    restore_forgets     a restore loads the file, but a request on its prompt finds nothing cached
+                        (as a sliding-window model does)
 
 ``--list-devices`` lists the devices in ``$FAKE_LLAMA_DEVICES``
 (``CUDA0:24576:24000,CUDA1:...``: name, total MiB, free MiB), else none.
@@ -30,7 +37,10 @@ It answers llama-server's other routes in their shapes, enough to route them:
 ``"fim": true`` in the model file, else llama-server's 501), the rerank routes
 (with ``--reranking``, else its 501), ``/v1/audio/transcriptions`` (multipart:
 it counts the bytes it got), ``/props`` (with ``model_path``), ``/slots``,
-``/lora-adapters``; any other method echoes what reached it. Every JSON answer
+``/lora-adapters``; with ``--slot-save-path DIR``, slot save and restore
+(``POST /slots/{id}?action=...``, llama.cpp's file header and packed prompt, checked
+on restore as llama-server does) and ``/completion`` on a slot's prompt reports
+``timings.cache_n``; any other method echoes what reached it. Every JSON answer
 carries ``path`` (with the query) and ``request_keys``, so tests can see what
 reached the child. A body may come chunked.
 
@@ -49,6 +59,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -72,6 +83,9 @@ class State:
     prompt_tokens = 0
     generated_tokens = 0
     open_connections = 0  # client connections not yet closed (kept-alive ones included)
+    slot_save_path = ""
+    slot_tokens: dict[int, int] = {}  # noqa: RUF012 - tokens cached per slot
+    restored: set[int] = set()  # noqa: RUF012 - slots filled by a restore
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -147,6 +161,9 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/slots":
             count = State.behaviour.get("slots", 4)
             slots = [{"id": i, "n_ctx": 512, "is_processing": False} for i in range(count)]
+            for slot in slots:
+                if slot["id"] in State.slot_tokens:
+                    slot["n_prompt_tokens"] = State.slot_tokens[slot["id"]]
             self.send_json(200, slots)
         elif path == "/lora-adapters":
             self.send_json(200, [])
@@ -181,7 +198,15 @@ class Handler(BaseHTTPRequestHandler):
                 503, {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
             )
             return
+        if self.path.startswith("/slots/"):
+            self.slot_action(body)
+            return
         State.requests += 1
+        if "cached_tokens" in State.behaviour and 0 not in State.slot_tokens:
+            State.slot_tokens[0] = int(State.behaviour["cached_tokens"])
+        if self.path == "/completion" and "id_slot" in body:
+            self.send_json(200, completion_on_slot(body))
+            return
         time.sleep(float(State.behaviour.get("reply_delay_s", 0)))
         if State.behaviour.get("crash_on_request"):
             log("fake: crashing mid-request")
@@ -218,6 +243,41 @@ class Handler(BaseHTTPRequestHandler):
                     **seen,
                 },
             )
+
+    def slot_action(self, body: dict[str, Any]) -> None:
+        if not State.slot_save_path:
+            self.send_json(*not_supported("This server does not support slots action. Start it with `--slot-save-path`"))  # noqa: E501
+            return
+        slot = int(self.path.split("/")[2].split("?")[0])
+        action = self.path.partition("action=")[2]
+        path = os.path.join(State.slot_save_path, body.get("filename", ""))
+        if action == "save":
+            time.sleep(float(State.behaviour.get("save_delay_s", 0)))
+            tokens = State.slot_tokens.get(slot, 0)
+            data = slot_file(tokens)
+            with open(path, "wb") as file:
+                if State.behaviour.get("crash_during_save"):
+                    file.write(data[: len(data) // 2])
+                    file.flush()
+                    log("fake: crashing during a slot save")
+                    os._exit(5)
+                file.write(data)
+            self.send_json(200, {"id_slot": slot, "filename": body["filename"], "n_saved": tokens,
+                                 "n_written": len(data), "timings": {"save_ms": 1.0}})  # fmt: skip
+        elif action == "restore":
+            tokens = restored_tokens(path)
+            if tokens is None:
+                message = "Unable to restore slot: No available space in KV cache or invalid slot save file"
+                error = {"code": 400, "message": message, "type": "invalid_request_error"}
+                self.send_json(400, {"error": error})
+                return
+            State.slot_tokens[slot] = tokens
+            State.restored.add(slot)
+            read = os.path.getsize(path)
+            self.send_json(200, {"id_slot": slot, "filename": body["filename"], "n_restored": tokens,
+                                 "n_read": read, "timings": {"restore_ms": 1.0}})  # fmt: skip
+        else:
+            self.send_json(400, {"error": {"code": 400, "message": "Invalid action"}})
 
     def transcribe(self, raw: bytes) -> None:
         """A multipart transcription: how many bytes of which fields came."""
@@ -270,6 +330,45 @@ class Handler(BaseHTTPRequestHandler):
     def write_chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
+
+
+SEQ_MAGIC, PACKED = 0x67677371, -1
+
+
+def slot_file(tokens: int) -> bytes:
+    """A slot file as llama-server writes one: header, packed prompt (ids 1..n), then the state."""
+    packed = [PACKED, 1, tokens, *range(1, tokens + 1)]
+    state = b"k" * (tokens * int(State.behaviour.get("kv_bytes_per_token", 1000)))
+    return struct.pack("<III", SEQ_MAGIC, 4, len(packed)) + struct.pack(f"<{len(packed)}i", *packed) + state
+
+
+def restored_tokens(path: str) -> int | None:
+    """The prompt length of a slot file llama-server would load, or None (as its restore fails)."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError:
+        return None
+    if len(data) < 12 or struct.unpack_from("<I", data)[0] != SEQ_MAGIC:
+        return None
+    count = struct.unpack_from("<I", data, 8)[0]
+    if len(data) < 12 + 4 * count or count < 3:
+        return None
+    tokens = struct.unpack_from("<i", data, 20)[0]
+    expected = 12 + 4 * count + tokens * int(State.behaviour.get("kv_bytes_per_token", 1000))
+    return tokens if len(data) == expected else None
+
+
+def completion_on_slot(body: dict[str, Any]) -> dict[str, Any]:
+    """/completion pinned to a slot: what of its prompt was found cached, in llama-server's timings."""
+    slot = int(body["id_slot"])
+    prompt = body.get("prompt")
+    asked = len(prompt) if isinstance(prompt, list) else 3
+    forgets = State.behaviour.get("restore_forgets") and slot in State.restored
+    cached = 0 if forgets else max(0, min(asked, State.slot_tokens.get(slot, 0)) - 1)
+    State.slot_tokens[slot] = max(asked, State.slot_tokens.get(slot, 0))
+    timings = {"cache_n": cached, "prompt_n": asked - cached, "predicted_n": 0}
+    return {"content": "", "tokens_cached": asked, "timings": timings}
 
 
 def not_supported(message: str) -> tuple[int, dict[str, Any]]:
@@ -404,6 +503,10 @@ def main(argv: list[str]) -> int:
     with open(options["--model"]) as file:
         State.behaviour = json.load(file)
     State.model_path = os.path.abspath(options["--model"])
+    State.slot_save_path = next((argv[i + 1] for i, t in enumerate(argv[:-1]) if t == "--slot-save-path"), "")
+    if State.slot_save_path and not os.path.isdir(State.slot_save_path):
+        log(f"error while handling argument \"--slot-save-path\": not a directory: {State.slot_save_path}")
+        return 1
     aliases = next((argv[i + 1] for i, t in enumerate(argv[:-1]) if t == "--alias"), "")
     State.alias = aliases.split(",")[0] if aliases else State.model_path
     behaviour = State.behaviour
