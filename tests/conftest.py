@@ -197,9 +197,9 @@ async def poll_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 10
 def own_argv(argv: list[str]) -> list[str]:
     """A child's command line without what a start adds: its KV cache folder (a per-test path) and the
     --verbosity 4 of a first start (which the learned state decides)."""
-    if argv[-2:-1] == ["--slot-save-path"]:
-        argv = argv[:-2]
-    return argv[: -len(LEARNING_ARGV)] if tuple(argv[-len(LEARNING_ARGV) :]) == LEARNING_ARGV else argv
+    if tuple(argv[-len(LEARNING_ARGV) :]) == LEARNING_ARGV:
+        argv = argv[: -len(LEARNING_ARGV)]
+    return argv[:-2] if argv[-2:-1] == ["--slot-save-path"] else argv
 
 
 def free_port() -> int:

@@ -408,9 +408,8 @@ class Pool:
         self._spawns[spec.key] = restarts + 1
         need = self.memory.need(spec)
         knows = partial(self.routes.binary_knows, spec.binary)
-        extra = self.memory.start_argv(spec, knows)
-        if self.kv is not None:
-            extra += self.kv.start_argv(spec, knows)
+        extra = () if self.kv is None else self.kv.start_argv(spec, knows)
+        extra += self.memory.start_argv(spec, knows)
         spec = dataclasses.replace(spec, extra_argv=extra)  # this start only, not the key
         sidecar = self._make_sidecar(spec, restarts, self._on_sidecar_event)
         tenancy = self._live[spec.key] = _Tenancy(sidecar, need)
