@@ -276,9 +276,9 @@ class KvCache:
     async def _save_slot(self, child: ChildLike, slot: int, tokens: int) -> bool:
         """Save one slot; False when the child can do no more (it died under the save)."""
         spec = child.spec
-        budget = self.budget()
-        if self._estimate(tokens) > budget:
-            self._skip(child, slot, f"about {admission.human(self._estimate(tokens))} would not fit "
+        budget, estimate = self.budget(), self._estimate(tokens)
+        if estimate > budget:
+            self._skip(child, slot, f"about {admission.human(estimate)} would not fit "
                        f"the budget of {admission.human(budget)} (kv_cache.disk_budget)")  # fmt: skip
             return True
         name = f"slot{slot}-{int(time.time())}-{secrets.token_hex(4)}.bin"
