@@ -174,37 +174,62 @@ def _age(timestamp: float | None) -> str:
     )
 
 
+def _short(amount: int) -> str:
+    return admission.human(amount).replace(" GiB", "G").replace(" MiB", "M").replace(" KiB", "K")
+
+
 def _memory_cell(memory: dict[str, Any] | None) -> str:
     if not memory:
         return "-"
     counted = memory.get("counted_mib", {})
-    return (
-        " ".join(f"{device}:{admission.human(mib * admission.MiB)}" for device, mib in counted.items())
-        .replace(" GiB", "G")
-        .replace(" MiB", "M")
-        or "-"
-    )
+    return " ".join(f"{device}:{_short(mib * admission.MiB)}" for device, mib in counted.items()) or "-"
+
+
+def _kv_cell(kv: dict[str, Any] | None) -> str:
+    """A key's saved KV cache: its tokens and size, or why it keeps none."""
+    if not kv:
+        return "-"
+    if kv.get("unhelpful"):
+        return "no-help"  # a restore did not spare re-processing (sliding window): not saved
+    slots = kv.get("slots", [])
+    if not slots:
+        return "-"
+    return f"{sum(s['tokens'] for s in slots)}t/{_short(sum(s['bytes'] for s in slots))}"
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
     data = _api("GET", f"{args.url}/api/sidecars")
     rows = [
-        ("KEY", "MODEL", "STATE", "PORT", "PID", "IN-FLIGHT", "RESTARTS", "UP", "IDLE", "MEMORY", "AGENTS")
-    ]
+        ("KEY", "MODEL", "STATE", "PORT", "PID", "IN-FLIGHT", "RESTARTS", "UP", "IDLE", "MEMORY", "KV-CACHE",
+         "AGENTS")
+    ]  # fmt: skip
     rows += [
         (
             s["key"][:8], s["model"], s["state"], str(s["port"]), str(s["pid"]), str(s["in_flight"]),
             str(s["restarts"]), _age(s["started_at"]), _age(s["last_used"]), _memory_cell(s.get("memory")),
-            ",".join(s["agents"]) or "-",
+            _kv_cell(s.get("kv_cache")), ",".join(s["agents"]) or "-",
         )
         for s in data["sidecars"]
+    ]  # fmt: skip
+    running = {s["key"] for s in data["sidecars"]}
+    store = data.get("kv_cache") or {}
+    stopped = {key: kv for key, kv in store.get("keys", {}).items() if key not in running}
+    rows += [
+        (key[:8], kv["model"] or "-", "saved", "-", "-", "-", "-", "-", _age(_last_made(kv)), "-",
+         _kv_cell(kv), "-")
+        for key, kv in stopped.items()
     ]  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     cap = f"/{data['max_sidecars']}" if data["max_sidecars"] else ""
-    print(f"{len(data['sidecars'])}{cap} sidecars, {data['evictions']} evictions")
+    saved = f", {len(stopped)} stopped with a saved KV cache" if stopped else ""
+    print(f"{len(data['sidecars'])}{cap} sidecars, {data['evictions']} evictions{saved}")
     return 0
+
+
+def _last_made(kv: dict[str, Any]) -> float | None:
+    return max((s["made_at"] for s in kv.get("slots", [])), default=None)
 
 
 def cmd_evict(args: argparse.Namespace) -> int:

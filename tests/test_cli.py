@@ -105,12 +105,14 @@ async def test_ps_and_evict_against_a_running_daemon(
             "UP",
             "IDLE",
             "MEMORY",
+            "KV-CACHE",
             "AGENTS",
         ]
         assert out[1].split()[1:3] == ["m", "ready"]
         assert sorted(out[1].split()[-1].split(",")) == ["coder", "m"]
         assert out[-1] == "1 sidecars, 0 evictions"  # no count cap: memory decides
-        assert out[1].split()[-2].startswith("Host:")  # what it counts against the host budget
+        assert out[1].split()[-3].startswith("Host:")  # what it counts against the host budget
+        assert out[1].split()[-2] == "-"  # no KV cache saved yet: it has not been stopped
 
         assert await trio.to_thread.run_sync(partial(main, ["evict", "--url", url, "coder"])) == 0  # an agent
         assert capsys.readouterr().out.startswith("stopped ")

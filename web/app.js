@@ -91,8 +91,19 @@ function renderSummary() {
   setText($("sum-evictions"), state.pool.evictions ?? 0);
 }
 
-const SIDECAR_FIELDS = ["model", "agents", "key", "port", "pid", "state", "up", "last_used", "in_flight", "restarts", "memory", "cpu"];
-const NUMERIC = new Set(["in_flight", "restarts", "memory", "cpu"]);
+const SIDECAR_FIELDS = ["model", "agents", "key", "port", "pid", "state", "up", "last_used", "in_flight", "restarts", "memory", "cpu", "kv"];
+const NUMERIC = new Set(["in_flight", "restarts", "memory", "cpu", "kv"]);
+
+// A key's saved KV cache (kept across a swap): its tokens and size, and a title that says what and when.
+function kvCache(kv) {
+  if (kv?.unhelpful) return { text: "no help", title: `not saved: ${kv.unhelpful}` };
+  const slots = kv?.slots ?? [];
+  if (!slots.length) return { text: "–", title: "no KV cache saved for this key" };
+  const tokens = slots.reduce((sum, slot) => sum + slot.tokens, 0);
+  const size = slots.reduce((sum, slot) => sum + slot.bytes, 0);
+  const made = slots.map((slot) => `slot ${slot.slot}: ${slot.tokens} tokens, saved ${ago(slot.made_at)} ago`);
+  return { text: `${tokens} tok · ${bytes(size)}`, title: `saved KV cache, restored when it starts (${made.join("; ")})` };
+}
 
 function sidecarRow(key) {
   const stop = (e) => { e.stopPropagation(); act("DELETE", `/api/sidecars/${key}`); };
@@ -114,12 +125,15 @@ function updateSidecarRow(row, s) {
     in_flight: s.in_flight ?? 0, restarts: s.restarts ?? 0, memory: bytes(usage.rss_bytes),
     cpu: usage.cpu_percent == null ? "–" : `${usage.cpu_percent}%`,
   };
+  const kv = kvCache(s.kv_cache);
+  values.kv = kv.text;
   const counted = Object.entries(s.memory?.counted_mib ?? {}).map(([device, size]) => `${device} ${mib(size)}`).join(", ");
   const rssTitle = `resident memory (RSS) of this child's whole process tree, measured every 2 s` +
     (counted ? `; it counts for ${counted} against the memory budget (see Memory below)` : "");
   for (const cell of row.children) {
     const field = cell.dataset.field;
     if (field === "memory" && cell.title !== rssTitle) cell.title = rssTitle;
+    if (field === "kv" && cell.title !== kv.title) cell.title = kv.title;
     if (field === "state") {
       const badge = cell.firstElementChild;
       setText(badge, s.state);

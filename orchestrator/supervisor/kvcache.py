@@ -244,16 +244,23 @@ class KvCache:
         if self.unavailable is not None or not self._saves(spec) or spec.key in self.index.unhelpful:
             return
         async with self._guard(spec.key):
+            saving: int | None = None  # the slot under way when the save ended early
+            why = ""
             with trio.move_on_after(self.settings.timeout_s) as bounded:
                 try:
                     for slot, tokens in await self._slots_worth_saving(child):
+                        saving = slot
                         if not await self._save_slot(child, slot, tokens):
                             break
+                    saving = None
                 except UpstreamError as error:  # it died or stopped answering: nothing more to save
-                    log.warning("%s KV cache not saved: %s", child.label, error)
+                    why = f"llama-server did not answer: {error}"
             if bounded.cancelled_caught:
-                log.warning("%s KV cache save gave up after %g s (kv_cache.timeout_s)",
-                            child.label, self.settings.timeout_s)  # fmt: skip
+                why = f"gave up after {self.settings.timeout_s:g} s (kv_cache.timeout_s)"
+            if why and saving is not None:
+                self._skip(child, saving, why)
+            elif why:
+                log.warning("%s KV cache not saved: %s", child.label, why)
 
     async def _slots_worth_saving(self, child: ChildLike) -> list[tuple[int, int]]:
         status, body = await child.upstream.get("/slots", timeout_s=self.settings.timeout_s)

@@ -76,6 +76,16 @@ def drive(url: str, chromium: str) -> None:
         expect(log).to_contain_text("exited with code")
         expect(page.locator("#no-sidecars")).to_be_visible()
         expect(host.locator(".share")).to_have_count(0)
+
+        # Stopped, its prompt was saved (kv_cache.min_tokens = 1 here); loaded again, it shows what came back.
+        page.click('tr[data-route="smollm2"] button[data-action="load"]')
+        expect(row.locator('[data-field="state"]')).to_have_text("ready", timeout=SLOW_S)
+        kv = row.locator('[data-field="kv"]')
+        expect(kv).to_have_text(re.compile(r"^[1-9]\d* tok · [\d.]+ [KM]B$"))
+        title = kv.get_attribute("title") or ""
+        assert re.search(r"slot \d+: [1-9]\d* tokens, saved \d+s ago", title), title
+        row.locator('button[data-action="stop"]').click()
+        expect(row).to_have_count(0, timeout=SLOW_S)
         assert page.evaluate("window.sameDocument") is True  # all of it live, no reload
 
 
@@ -83,7 +93,8 @@ def drive(url: str, chromium: str) -> None:
 async def test_dashboard_shows_a_real_child_live_and_stops_it(
     tmp_path: Path, real_binary: LlamaServerBinary, demo_model: Path, chromium: str
 ) -> None:
-    config = make_config(tmp_path, {"smollm2": {"path": str(demo_model), "flags": ["-c", "1024"]}})
+    models = {"smollm2": {"path": str(demo_model), "flags": ["-c", "1024"]}}
+    config = make_config(tmp_path, models, kv_cache={"min_tokens": 1})
     async with running_daemon(config, real_binary) as (url, daemon):
         await trio.to_thread.run_sync(partial(drive, url, chromium))
         assert daemon.pool is not None and daemon.pool.sidecars() == []

@@ -11,12 +11,15 @@ from __future__ import annotations
 import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trio
 
+from orchestrator.cli import main
 from orchestrator.config import Config
 from orchestrator.errors import ConfigError
 from orchestrator.routing import LlamaServerBinary
@@ -24,6 +27,7 @@ from orchestrator.runtime import Daemon
 from orchestrator.supervisor.events import KvDropped, KvRestored, KvSaved, PoolEvent
 from orchestrator.supervisor.kvcache import KvCache
 from tests.conftest import make_config, routes_for, running_daemon
+from tests.supervisor.test_metrics import samples, value
 
 TOKENS = 600  # what the fake's slot 0 holds once it has answered (above the default min_tokens)
 
@@ -64,8 +68,9 @@ def of(events: list[PoolEvent], kind: type[Any]) -> list[Any]:
 
 
 async def test_a_swapped_out_child_saves_its_slots_and_comes_back_with_them_also_after_a_restart(
-    tmp_path: Path, fake_model: Callable[..., str], fake_binary: LlamaServerBinary
-) -> None:
+    tmp_path: Path, fake_model: Callable[..., str], fake_binary: LlamaServerBinary,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
     config = two_models(tmp_path, fake_model)
     async with daemon_with_events(config, fake_binary) as (url, daemon, events, client):
         await ask(client, url, "a")
@@ -76,6 +81,11 @@ async def test_a_swapped_out_child_saves_its_slots_and_comes_back_with_them_also
         assert file.stat().st_size == saved.bytes and file.parent.name == saved.key
         listed = (await client.get(f"{url}/api/sidecars")).json()["kv_cache"]
         assert listed["keys"][saved.key]["slots"][0]["tokens"] == TOKENS and listed["enabled"]
+        assert await trio.to_thread.run_sync(partial(main, ["ps", "--url", url])) == 0
+        table = capsys.readouterr().out.splitlines()
+        [a_row] = [row.split() for row in table if row.startswith(saved.key[:8])]
+        assert a_row[1:3] == ["a", "saved"] and a_row[-2].startswith(f"{TOKENS}t/")
+        assert table[-1].endswith("1 stopped with a saved KV cache")
         await ask(client, url, "a")  # back: restored before it was ready, and checked
         [restored] = of(events, KvRestored)
         assert (restored.slot, restored.tokens, restored.cached_tokens) == (0, TOKENS, TOKENS - 1)
@@ -85,6 +95,15 @@ async def test_a_swapped_out_child_saves_its_slots_and_comes_back_with_them_also
         [child] = daemon.pool.sidecars()
         assert "--slot-save-path" in child.describe()["argv"]
         assert daemon.pool.describe_one(child)["kv_cache"]["slots"][0]["slot"] == 0
+        scraped = samples((await client.get(f"{url}/metrics")).text)
+        for action in ("save", "restore"):
+            labels = {"model": "a", "action": action}
+            assert value(scraped, "llama_sidecar_kv_cache_slots_total", **labels) == 1
+            assert value(scraped, "llama_sidecar_kv_cache_bytes_total", **labels) == saved.bytes
+            assert value(scraped, "llama_sidecar_kv_cache_seconds_count", **labels) == 1
+        on_disk = sum(e.bytes for e in of(events, KvSaved))  # a's, and b's saved when a came back
+        assert value(scraped, "llama_sidecar_kv_cache_store_bytes") == on_disk == 2 * saved.bytes
+        assert value(scraped, "llama_sidecar_kv_cache_store_budget_bytes") > on_disk
     # Shut down: a's slot was saved again (the file replaced, not added to).
     [file_after] = [f for f in files(config) if f.parent.name == saved.key]
     assert file_after != file and not file.exists()
@@ -101,6 +120,8 @@ async def test_a_child_that_dies_during_its_save_is_stopped_and_leaves_no_file(
         await ask(client, url, "a")
         await ask(client, url, "b")
         assert of(events, KvSaved) == [] and files(config) == []
+        scraped = samples((await client.get(f"{url}/metrics")).text)
+        assert value(scraped, "llama_sidecar_kv_cache_dropped_total", model="a", action="save") == 1
         listed = (await client.get(f"{url}/api/sidecars")).json()
         assert [s["model"] for s in listed["sidecars"]] == ["b"] and listed["kv_cache"]["keys"] == {}
 
@@ -113,6 +134,8 @@ async def test_a_save_slower_than_its_bound_is_given_up_and_the_stop_goes_on(
         await ask(client, url, "a")
         await ask(client, url, "b")
         assert of(events, KvSaved) == [] and files(config) == []
+        [given_up] = of(events, KvDropped)
+        assert (given_up.action, given_up.slot) == ("save", 0) and "kv_cache.timeout_s" in given_up.reason
 
 
 @pytest.mark.parametrize(
