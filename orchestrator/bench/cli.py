@@ -62,6 +62,11 @@ def add_bench_parser(commands: Any) -> None:
         "--swap-with", metavar="NAME", help="model B (default: the second, or A with other flags)"
     )
     cold.add_argument("--repeat", type=int, default=3, help="repetitions (3)")
+    cold.add_argument(
+        "--prompt-tokens", type=int, default=0, metavar="N",
+        help="an agent's shared prompt of about N tokens: cold, warm, and back after a swap without and "
+        "with the saved KV cache, and after a restart (two daemons of its own; not with --url)",
+    )  # fmt: skip
     cold.set_defaults(handler=lazy_handler(_COMMANDS, "cmd_cold"))
 
     sweep = tools.add_parser("sweep", help="throughput across models and flag variants, resumable")

@@ -41,10 +41,12 @@ class ColdPlan:
     repetitions: int = 3
 
 
-def _body(model: str) -> dict[str, Any]:
+def chat_body(model: str, system: str = "") -> dict[str, Any]:
+    """A short question, after a long shared ``system`` prompt when one is given (an agent's)."""
+    messages = [{"role": "system", "content": system}] if system else []
     return {
         "model": model,
-        "messages": [{"role": "user", "content": "Hi"}],
+        "messages": [*messages, {"role": "user", "content": "Hi"}],
         "max_tokens": 4,
         "temperature": 0,
     }
@@ -79,10 +81,13 @@ async def _sidecar_for(client: httpx.AsyncClient, target: Target, model: str) ->
     raise BenchError(f"{model} has no child after a request for it")
 
 
-async def cold_start(client: httpx.AsyncClient, target: Target, model: str) -> dict[str, float]:
-    """One request for a model with no child: TTFT and where the time went (all in ms)."""
+async def cold_start(
+    client: httpx.AsyncClient, target: Target, model: str, system: str = ""
+) -> dict[str, float]:
+    """One request for a model with no child: TTFT and where the time went (all in ms), and the
+    prompt tokens the child found cached (``timings.cache_n``)."""
     sent = time.time()
-    sample = await measure.stream(client, target.url + CHAT, _body(model), dict(target.headers))
+    sample = await ask(client, target, model, system)
     sidecar = await _sidecar_for(client, target, model)
     lines = await _log_lines(target, sidecar["key"])
     listening = [line["ts"] for line in lines if LISTENING.search(line["text"])]
@@ -96,6 +101,9 @@ async def cold_start(client: httpx.AsyncClient, target: Target, model: str) -> d
         "llama_load_ms": (ready_line - first_line) * 1000,  # llama-server's own load
         "readiness_lag_ms": (ready - ready_line) * 1000,  # "listening" printed to ready marked
         "after_ready_ms": ttft - (ready - sent) * 1000,  # routing, proxying, prompt, first token
+        "ready_ms": (ready - sent) * 1000,  # request to ready: spawn, load (and a restore)
+        "cached_tokens": float(sample.timings.get("cache_n", 0)),
+        "prompt_tokens": float(sample.timings.get("cache_n", 0) + sample.timings.get("prompt_n", 0)),
     }
 
 
@@ -109,9 +117,9 @@ async def measure_cold(
         for repetition in range(plan.repetitions):
             say(f"repetition {repetition + 1}/{plan.repetitions}: cold {plan.first}, then swaps")
             await target.evict_all(client)
-            await _wait_empty(client, target)
+            await wait_empty(client, target)
             runs["cold"].append(await cold_start(client, target, plan.first))
-            sample = await measure.stream(client, target.url + CHAT, _body(plan.first), dict(target.headers))
+            sample = await ask(client, target, plan.first)
             warm.append(sample.ttft_s * 1000)
             runs["swap_to_b"].append(await cold_start(client, target, plan.second))
             runs["swap_back_to_a"].append(await cold_start(client, target, plan.first))
@@ -129,7 +137,14 @@ async def measure_cold(
     }
 
 
-async def _wait_empty(client: httpx.AsyncClient, target: Target) -> None:
+async def ask(
+    client: httpx.AsyncClient, target: Target, model: str, system: str = ""
+) -> measure.StreamSample:
+    """One streamed chat_body request, timed."""
+    return await measure.stream(client, target.url + CHAT, chat_body(model, system), dict(target.headers))
+
+
+async def wait_empty(client: httpx.AsyncClient, target: Target) -> None:
     with trio.fail_after(60):
         while await target.sidecars(client):  # noqa: ASYNC110 - the daemon is another process: poll it
             await trio.sleep(0.05)

@@ -16,9 +16,11 @@ import psutil
 
 from orchestrator.bench.cold import ColdPlan, measure_cold, render_cold
 from orchestrator.bench.overhead import OverheadPlan, measure_overhead, render_overhead
+from orchestrator.bench.swapcache import SwapCachePlan, measure_swap_cache, render_swap_cache
 from orchestrator.bench.sweep import SweepPlan, parse_variants, run_sweep
 from orchestrator.bench.target import Target, attached_daemon, daemon_document, spawned_daemon
 from orchestrator.clisupport import load_cli_config, run_trio
+from orchestrator.config import Config
 from orchestrator.errors import BenchError
 
 
@@ -97,6 +99,8 @@ async def _preload(target: Target, name: str) -> None:
 
 
 def cmd_cold(args: argparse.Namespace) -> int:
+    if args.prompt_tokens:
+        return _swap_cache(args)
     config = None if args.url else load_cli_config(args.config)
     names = list(config.models) if config else []
     first = _model_name(args, names)
@@ -105,8 +109,7 @@ def cmd_cold(args: argparse.Namespace) -> int:
 
     def document() -> dict[str, Any]:
         assert config is not None
-        models = {first: [], second: [] if second in config.models else ["--ctx-size", "1024"]}
-        return daemon_document(config, models, pool={"max_sidecars": 1})
+        return daemon_document(config, _pair(config, first, second), pool={"max_sidecars": 1})
 
     async def run() -> dict[str, Any]:
         async with _target(args, document) as target:
@@ -114,6 +117,41 @@ def cmd_cold(args: argparse.Namespace) -> int:
 
     report = run_trio(run)
     print(render_cold(report))
+    _write_json(args.json, report)
+    return 0
+
+
+def _pair(config: Config, first: str, second: str, ctx_size: int | None = None) -> dict[str, list[str]]:
+    """A and B for a swap: B is A with a small context when the config has no second model."""
+    first_flags = ["--ctx-size", str(ctx_size)] if ctx_size else []
+    return {first: first_flags, second: [] if second in config.models else ["--ctx-size", "1024"]}
+
+
+def _swap_cache(args: argparse.Namespace) -> int:
+    if args.url:
+        raise BenchError("--prompt-tokens runs two daemons of its own (without and with the KV cache): "
+                         "leave out --url")  # fmt: skip
+    if args.prompt_tokens < 0:
+        raise BenchError(f"--prompt-tokens {args.prompt_tokens}: expected a positive number of tokens")
+    config = load_cli_config(args.config)
+    names = list(config.models)
+    first = _model_name(args, names)
+    second = args.swap_with or (names[1] if len(names) > 1 else f"{first}@b")
+    plan = SwapCachePlan(first, second, args.prompt_tokens, repetitions=args.repeat)
+    # Room for the prompt, the template around it and the answer, in one slot.
+    models = _pair(config, first, second, ctx_size=args.prompt_tokens * 2 + 512)
+    models[first] += ["--parallel", "1"]
+
+    @asynccontextmanager
+    async def start(store: str | None) -> AsyncIterator[Target]:
+        kv_cache = {"enabled": True, "dir": store, "min_tokens": 1} if store else None
+        document = daemon_document(config, models, pool={"max_sidecars": 1}, kv_cache=kv_cache)
+        async with spawned_daemon(document) as target:
+            _say(f"started a daemon at {target.url} (pid {target.pid}), KV cache {'on' if store else 'off'}")
+            yield target
+
+    report = run_trio(measure_swap_cache, start, plan, _say)
+    print(render_swap_cache(report))
     _write_json(args.json, report)
     return 0
 

@@ -55,12 +55,15 @@ def daemon_document(
     config: Config,
     models: Mapping[str, Sequence[str]] | None = None,
     pool: Mapping[str, Any] | None = None,
+    kv_cache: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A daemon configuration for a benchmark, from ``config``'s models.
 
     ``models`` maps each name to serve to the configured model it runs and
     extra flags (default: every configured model as it is). Request flags are
-    allowed, so a sweep can try flag variants on any model.
+    allowed, so a sweep can try flag variants on any model. The KV cache across
+    swaps is off unless ``kv_cache`` says otherwise: a benchmark's children
+    neither spend time saving nor touch the user's own store.
     """
     chosen = models or {name: [] for name in config.models}
     entries = {}
@@ -78,6 +81,7 @@ def daemon_document(
         "server": {"host": "127.0.0.1"},
         "llama_server": {"base_args": flagmod.render(config.llama_server.base_args)},
         "pool": dict(pool or {}),
+        "kv_cache": dict(kv_cache or {"enabled": False}),
         "models": entries,
     }
 
