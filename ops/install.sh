@@ -2,7 +2,7 @@
 # Install llama-sidecar into ./.venv with a llama-server that works on this
 # machine and the demo model (SmolLM2-135M). With --dev, also everything the
 # tests need: the Python test tools, and Debian's chromium (the browser tests)
-# and systemd (systemd-analyze checks the service unit).
+# systemd (systemd-analyze checks the service unit) and haproxy (the fleet tests).
 #
 #   bash ops/install.sh          # then: .venv/bin/orchestrator serve
 #   bash ops/install.sh --dev    # then: .venv/bin/python -m pytest
@@ -50,7 +50,7 @@ need() {
 }
 
 "$python" -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
-if $dev; then need chromium:chromium systemd-analyze:systemd prometheus:prometheus promtool:prometheus curl:curl; fi
+if $dev; then need chromium:chromium systemd-analyze:systemd prometheus:prometheus promtool:prometheus curl:curl haproxy:haproxy; fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import trio
 
@@ -28,6 +28,7 @@ from orchestrator.errors import CommandError, ConfigError, FlagError, Orchestrat
 from orchestrator.evals.cli import add_eval_parser
 from orchestrator.flaghelp import load_flag_table
 from orchestrator.flags import FlagTable
+from orchestrator.fleet import haproxy
 from orchestrator.routing import LlamaServerBinary, RouteTable
 from orchestrator.runtime import Daemon
 from orchestrator.service.cli import add_service_parser
@@ -232,6 +233,25 @@ def _last_made(kv: dict[str, Any]) -> float | None:
     return max((s["made_at"] for s in kv.get("slots", [])), default=None)
 
 
+def cmd_fleet_haproxy(args: argparse.Namespace) -> int:
+    nodes: list[haproxy.Node] = []
+    models: list[str] = []
+    for url in args.node:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise CommandError(f"--node {url}: expected a daemon's URL such as http://10.0.0.2:8080")
+        fleet = _api("GET", f"{url.rstrip('/')}/api/fleet")
+        if fleet["agent_port"] is None:
+            raise CommandError(
+                f"{url} has no agent check: set server.agent_port in its config (say 8081) and restart it"
+            )
+        nodes.append(haproxy.Node(parts.hostname, parts.port or 80, int(fleet["agent_port"])))
+        models += [m["name"] for m in fleet["models"] if m["name"] not in models]
+    settings = haproxy.Settings(bind=args.bind, stats_socket=args.stats_socket)
+    print(haproxy.render(nodes, models, settings), end="")
+    return 0
+
+
 def cmd_evict(args: argparse.Namespace) -> int:
     # The daemon resolves the name (key, unique prefix, agent, model or alias): one resolver, not two.
     stopped = _api("DELETE", f"{args.url}/api/sidecars/{quote(args.key, safe='')}")
@@ -388,6 +408,25 @@ def _add_llama_server_parser(commands: Any) -> None:
     which.set_defaults(handler=cmd_llama_server_list)
 
 
+def _add_fleet_parser(commands: Any) -> None:
+    fleet = commands.add_parser("fleet", help="more than one machine: a load balancer's configuration")
+    fleet_commands = fleet.add_subparsers(dest="fleet_command", required=True, metavar="COMMAND")
+    haproxy_command = fleet_commands.add_parser(
+        "haproxy", help="print an HAProxy configuration routing each model to the daemon that has it"
+    )
+    haproxy_command.add_argument(
+        "--node", action="append", required=True, metavar="URL",
+        help="a daemon (repeat for each; its key, if any: $ORCHESTRATOR_KEY)",
+    )  # fmt: skip
+    haproxy_command.add_argument(
+        "--bind", default="127.0.0.1:8080", help="where HAProxy listens (default 127.0.0.1:8080)"
+    )
+    haproxy_command.add_argument(
+        "--stats-socket", metavar="PATH", help="also open HAProxy's runtime API on this unix socket"
+    )
+    haproxy_command.set_defaults(handler=cmd_fleet_haproxy)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrator", description="Supervise a pool of llama-server processes."
@@ -412,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="allow a non-loopback address without API and admin keys"
     )
     serve.set_defaults(handler=cmd_serve)
+
 
     for name, handler, text in (
         ("ps", cmd_ps, "list the sidecars of a running daemon"),
@@ -477,9 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     flags_list = flag_commands.add_parser("list", help="the flags the binary declares; owned ones marked")
     flags_list.add_argument("--bin", help="the llama-server to ask (default: as serve finds it)")
     flags_list.set_defaults(handler=cmd_flags_list)
-    add_bench_parser(commands)
-    add_eval_parser(commands)
-    add_service_parser(commands)
+    for add_parser in (add_bench_parser, add_eval_parser, add_service_parser, _add_fleet_parser):
+        add_parser(commands)
     return parser
 
 

@@ -34,8 +34,13 @@ class ServerSettings:
     port: int = 8080
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # never printed
     admin_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Files with more keys, one a line (a Kubernetes Secret, a systemd credential); read at each (re)load.
+    api_keys_file: str | None = None
+    admin_keys_file: str | None = None
     max_body_bytes: int = 16 * 1024 * 1024
     shutdown_grace_s: float = 10.0  # on SIGTERM/SIGINT, in-flight requests get this long to finish
+    drain_notice_s: float = 0.0  # before that, /health says 503 this long while new requests are still served
+    agent_port: int | None = None  # HAProxy's agent check (see fleet.signals), on server.host
     allowed_hosts: tuple[str, ...] = ()  # Host names besides the loopback ones and `host` (see auth)
     allowed_origins: tuple[str, ...] = ()  # web origins besides the dashboard's own (see auth)
     default_model: str | None = None  # where a request that names no model goes (see RouteTable.default)
@@ -238,6 +243,22 @@ class _Table:
             return ()
         return tuple(keys)
 
+    def key_file(self, name: str, base_dir: Path) -> tuple[str, ...]:
+        """The keys in the file ``name`` names, one a line (blank lines and # comments skipped)."""
+        path = self.text(name, "a file path", None)
+        if path is None:
+            return ()
+        try:
+            lines = (base_dir / path).read_text("utf-8").splitlines()
+        except OSError as error:
+            self.problem(name, f"cannot read {path}: {error.strerror}")
+            return ()
+        keys = tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+        if any(len(key) < 16 for key in keys):
+            self.problem(name, f"{path}: expected keys of at least 16 characters each, one a line")
+            return ()
+        return keys
+
     def strings(self, name: str) -> tuple[str, ...]:
         return tuple(self.value(name, "a list of strings", _is_string_list, []))
 
@@ -334,10 +355,14 @@ def parse_config(
     server = ServerSettings(
         host=server_t.text("host", "a host name or address", LOOPBACK),
         port=server_t.value("port", "a port 0-65535", _is_port, 8080),
-        api_keys=server_t.keys("api_keys"),
-        admin_keys=server_t.keys("admin_keys"),
+        api_keys=server_t.keys("api_keys") + server_t.key_file("api_keys_file", base_dir),
+        admin_keys=server_t.keys("admin_keys") + server_t.key_file("admin_keys_file", base_dir),
+        api_keys_file=server_t.text("api_keys_file", "a file path", None),
+        admin_keys_file=server_t.text("admin_keys_file", "a file path", None),
         max_body_bytes=server_t.integer("max_body_bytes", ServerSettings.max_body_bytes, 1024),
         shutdown_grace_s=server_t.number("shutdown_grace_s", ServerSettings.shutdown_grace_s, 0.0),
+        drain_notice_s=server_t.number("drain_notice_s", ServerSettings.drain_notice_s, 0.0),
+        agent_port=server_t.value("agent_port", "a port 0-65535 (0: any free one)", _is_port, None),
         allowed_hosts=server_t.checked_strings("allowed_hosts", auth.host_entry_problem),
         allowed_origins=server_t.checked_strings("allowed_origins", _origin_problem),
         default_model=server_t.text("default_model", "an agent, model or alias name", None),

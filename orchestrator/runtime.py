@@ -21,6 +21,7 @@ import trio
 from orchestrator.auth import AccessRules, exposure_problem
 from orchestrator.dirs import state_dir
 from orchestrator.errors import ConfigError, ListenError, OrchestratorError, leaf_exceptions
+from orchestrator.http.agentcheck import AgentCheck
 from orchestrator.http.app import create_app
 from orchestrator.http.connections import sever_connections
 from orchestrator.routing import RouteTable, SidecarSpec
@@ -71,10 +72,12 @@ class Daemon:
         self.pool: Pool | None = None
         self.history: History | None = None  # the last minutes of samples and requests, once it runs
         self._shutdown = trio.Event()
+        self._stop_accepting = trio.Event()  # the drain notice is over: hypercorn takes nothing new
         self._reloading = trio.Lock()  # SIGHUP and POST /api/reload take turns
         self._stopping_at_once = False  # a second signal came
         self._url = ""  # where it serves, once it does
         self._nursery: trio.Nursery | None = None
+        self.agent_port: int | None = None  # HAProxy's agent check, once it listens (server.agent_port)
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
@@ -96,13 +99,16 @@ class Daemon:
             await nursery.start(pool.run)
             stats = StatsSampler(pool)
             await nursery.start(stats.run)
+            if self.config.server.agent_port is not None:
+                agent = AgentCheck(pool, self.config.server.host, self.config.server.agent_port)
+                self.agent_port = await nursery.start(agent.run)
             nursery.start_soon(self._on_shutdown, pool)
             server_config = hypercorn.config.Config()
             server_config.bind = [bind_address(self.config.server.host, self.config.server.port)]
             server_config.graceful_timeout = self.config.server.shutdown_grace_s
             server_config.accesslog = None
             server_config.errorlog = _server_log  # our format; its "Running on" line repeats ours
-            app = create_app(pool, stats, history, metrics, self.reload)
+            app = create_app(pool, stats, history, metrics, self.reload, agent_port=self.agent_port)
             async with trio.open_nursery() as server:
                 served = trio.Event()
                 try:
@@ -132,7 +138,7 @@ class Daemon:
     ) -> None:
         try:
             await hypercorn.trio.serve(
-                app, server_config, shutdown_trigger=self._shutdown.wait, task_status=task_status
+                app, server_config, shutdown_trigger=self._stop_accepting.wait, task_status=task_status
             )
         finally:
             served.set()
@@ -147,7 +153,7 @@ class Daemon:
         """
         cancelled = True
         try:
-            await self._shutdown.wait()
+            await self._stop_accepting.wait()
             cancelled = False
         finally:
             with trio.CancelScope(shield=True):
@@ -206,6 +212,14 @@ class Daemon:
     async def _on_shutdown(self, pool: Pool) -> None:
         await self._shutdown.wait()
         self._notifier.stopping()
+        pool.draining = True  # /health answers 503, HAProxy's agent check "drain"
+        notice = self.config.server.drain_notice_s
+        if notice > 0:
+            # Routers notice at their next check; until then what they send is still served.
+            log.info("draining: /health answers 503 for %g s (server.drain_notice_s) before the shutdown",
+                     notice)  # fmt: skip
+            await trio.sleep(notice)
+        self._stop_accepting.set()
         pool.close_feeds()  # websocket feeds never end on their own; hypercorn's drain would wait for them
 
     @staticmethod

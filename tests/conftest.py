@@ -202,10 +202,10 @@ def own_argv(argv: list[str]) -> list[str]:
     return argv[:-2] if argv[-2:-1] == ["--slot-save-path"] else argv
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     """A loopback port nothing listens on right now."""
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((host, 0))
         return int(probe.getsockname()[1])
 
 

@@ -220,3 +220,24 @@ def test_any_host_needs_keys(tmp_path: Path) -> None:
         load_config(tmp_path / "c.toml")
     (tmp_path / "k.toml").write_text('[server]\nallowed_hosts = ["*"]\napi_keys = ["sk-0123456789abcdef"]\n')
     assert load_config(tmp_path / "k.toml").server.allowed_hosts == ("*",)
+
+
+def test_keys_can_come_from_files_one_a_line_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "api").write_text("# the chat UI's\nsk-from-a-file-0001\n\nsk-from-a-file-0002\n")
+    (tmp_path / "keys" / "admin").write_text("admin-from-a-file-01\n")
+    (tmp_path / "c.toml").write_text(
+        '[server]\napi_keys = ["sk-inline-0123456789"]\napi_keys_file = "keys/api"\n'
+        'admin_keys_file = "keys/admin"\n'
+    )
+    server = load_config(tmp_path / "c.toml").server
+    assert server.api_keys == ("sk-inline-0123456789", "sk-from-a-file-0001", "sk-from-a-file-0002")
+    assert server.admin_keys == ("admin-from-a-file-01",)
+    (tmp_path / "keys" / "api").write_text("short\n")
+    (tmp_path / "bad.toml").write_text('[server]\napi_keys_file = "keys/api"\nadmin_keys_file = "nope"\n')
+    with pytest.raises(ConfigError) as raised:
+        load_config(tmp_path / "bad.toml")
+    problems = str(raised.value)
+    assert "server.api_keys_file: keys/api: expected keys of at least 16 characters each" in problems
+    assert "short" not in problems  # a secret is never shown
+    assert "server.admin_keys_file: cannot read nope: No such file or directory" in problems

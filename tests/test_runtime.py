@@ -20,7 +20,7 @@ from orchestrator.config import load_config
 from orchestrator.errors import ConfigError
 from orchestrator.routing import LlamaServerBinary, RouteTable
 from orchestrator.runtime import Daemon, bind_address
-from tests.conftest import free_port, make_config, pid_alive, port_taken, routes_for, wait_until
+from tests.conftest import free_port, make_config, pid_alive, poll_until, port_taken, routes_for, wait_until
 
 
 def test_bind_address_brackets_ipv6() -> None:
@@ -289,3 +289,31 @@ async def test_serve_reads_its_config_once_and_says_where_it_listens_once(
     text = seen.decode()
     assert text.count("groups: not mapped") == 1, text
     assert text.count(f"serving on http://127.0.0.1:{port}") == 1 and "Running on" not in text, text
+
+
+async def test_a_draining_daemon_says_503_on_health_while_it_still_serves_for_the_drain_notice(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    server = {"drain_notice_s": 30, "agent_port": 0}
+    config = make_config(tmp_path, {"m": {"path": fake_model()}}, server=server)
+    daemon = Daemon(routes_for(config, fake_binary))
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        url = await nursery.start(daemon.run)
+        assert (await client.get(f"{url}/health")).json()["status"] == "ok"
+        assert daemon.agent_port is not None
+        fleet = (await client.get(f"{url}/api/fleet")).json()
+        assert fleet["agent_port"] == daemon.agent_port and not fleet["draining"]
+        daemon.request_shutdown()
+
+        async def draining() -> bool:
+            return (await client.get(f"{url}/health")).status_code == 503
+
+        await poll_until(draining)
+        assert (await client.get(f"{url}/health")).json()["status"] == "draining"
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        assert (await client.post(f"{url}/v1/chat/completions", json=body)).status_code == 200
+        stream = await trio.open_tcp_stream("127.0.0.1", daemon.agent_port)
+        async with stream:
+            await stream.send_all(b"loaded m\n")
+            assert await stream.receive_some(100) == b"drain\n"  # HAProxy's agent check
+        nursery.cancel_scope.cancel()  # as a second signal would: no need to wait out the notice

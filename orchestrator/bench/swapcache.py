@@ -119,4 +119,3 @@ def render_swap_cache(report: dict[str, Any]) -> str:
         f"{plan['repetitions']} repetitions; {report['machine']}.",
     ]
     return "\n".join(lines)
-

@@ -27,6 +27,7 @@ from orchestrator.http.openai_errors import error_response
 from orchestrator.routing import RouteTable
 from orchestrator.supervisor.events import Reloaded
 from orchestrator.supervisor.fanout import Dropped
+from orchestrator.supervisor.fleetview import node_status
 from orchestrator.supervisor.history import History
 from orchestrator.supervisor.pool import Pool, SidecarLike
 from orchestrator.supervisor.stats import StatsSampler
@@ -142,10 +143,12 @@ class PoolView:
 
 
 def register_admin_routes(
-    app: QuartTrio, pool: Pool, stats: StatsSampler, history: History, reload: Reloader
+    app: QuartTrio, pool: Pool, stats: StatsSampler, history: History, reload: Reloader,
+    *, agent_port: int | None = None,
 ) -> None:
     view = PoolView(pool, stats, history)
     _register_api(app, view, reload)
+    _register_fleet(app, pool, agent_port)
     _register_feeds(app, view)
     _register_dashboard(app)
 
@@ -203,8 +206,28 @@ def _register_api(app: QuartTrio, view: PoolView, reload: Reloader) -> None:
 
     @app.get("/health")
     @app.get("/v1/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "sidecars": len(pool.sidecars())}
+    async def health() -> tuple[dict[str, Any], int]:
+        # 503 while draining: load balancers and probes stop sending new requests here.
+        if pool.draining:
+            return {"status": "draining", "sidecars": len(pool.sidecars())}, 503
+        return {"status": "ok", "sidecars": len(pool.sidecars())}, 200
+
+
+def _register_fleet(app: QuartTrio, pool: Pool, agent_port: int | None) -> None:
+    @app.get("/api/fleet")
+    async def fleet() -> dict[str, Any]:
+        """What a router between machines needs of this daemon (``orchestrator fleet haproxy``)."""
+        node = node_status(pool)
+        return {
+            "agent_port": agent_port,
+            "draining": node.draining,
+            "running_requests": node.running_requests,
+            "queued_requests": node.queued_requests,
+            "models": [
+                {"name": m.name, "loaded": m.loaded, "loading": m.loading, "room": m.room.value}
+                for m in node.models
+            ],
+        }
 
 
 def _register_feeds(app: QuartTrio, view: PoolView) -> None:

@@ -32,7 +32,8 @@ log = logging.getLogger("orchestrator.http.app")
 
 
 def create_app(
-    pool: Pool, stats: StatsSampler, history: History, metrics: PoolMetrics, reload: Reloader
+    pool: Pool, stats: StatsSampler, history: History, metrics: PoolMetrics, reload: Reloader,
+    *, agent_port: int | None = None,
 ) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
     # Model responses can take minutes; these limits would cut them silently.
@@ -75,7 +76,7 @@ def create_app(
         return as_response(INTERNAL_ERROR)
 
     register_model_routes(app, pool)
-    register_admin_routes(app, pool, stats, history, reload)
+    register_admin_routes(app, pool, stats, history, reload, agent_port=agent_port)
 
     @app.get("/metrics")
     async def get_metrics() -> Response:

@@ -10,7 +10,9 @@ A child that does not answer in time is left out of that scrape and counted.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -23,6 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from orchestrator.errors import UpstreamError
+from orchestrator.fleet import signals
+from orchestrator.fleet.signals import NodeStatus
 from orchestrator.policy import State
 from orchestrator.supervisor.events import (
     BackingOff,
@@ -39,6 +43,7 @@ from orchestrator.supervisor.events import (
     RequestRefused,
     Spawned,
 )
+from orchestrator.supervisor.fleetview import node_status
 from orchestrator.supervisor.pool import Pool, SidecarLike
 
 log = logging.getLogger("orchestrator.supervisor.metrics")
@@ -194,18 +199,23 @@ class PoolMetrics:
         return series  # type: ignore[return-value]  # labels() gives the metric's own type
 
     async def exposition(self, timeout_s: float = CHILD_SCRAPE_TIMEOUT_S) -> bytes:
-        """The text exposition: ours, then every answering child's series with its labels."""
+        """The text exposition: ours, then every answering child's series with its labels, then the
+        model-server series a router between machines reads (see fleet.signals)."""
         children = [s for s in self._pool.sidecars() if s.state is State.READY]
         texts: dict[str, tuple[SidecarLike, str]] = {}
+        kv_usage: dict[str, float] = {}
 
         async def fetch(sidecar: SidecarLike) -> None:
             try:
                 status, body = await sidecar.upstream.get("/metrics", timeout_s)
+                if status == 200:
+                    texts[sidecar.key] = (sidecar, body.decode("utf-8", "replace"))
+                status, body = await sidecar.upstream.get("/slots", timeout_s)
             except UpstreamError as error:
                 log.info("metrics of %s skipped: %s", sidecar.spec.model, error)
                 return
             if status == 200:
-                texts[sidecar.key] = (sidecar, body.decode("utf-8", "replace"))
+                kv_usage[sidecar.key] = _kv_usage(body)
 
         with trio.move_on_after(timeout_s):
             async with trio.open_nursery() as nursery:
@@ -217,7 +227,46 @@ class PoolMetrics:
             if fetched is None or not merged.add(fetched[1], model=sidecar.spec.model, key=sidecar.key):
                 self.child_scrape_failures.labels(sidecar.spec.model).inc()
         # Ours last: the failures just counted are in this scrape.
-        return generate_latest(merged.registry()) + generate_latest(self.registry)
+        node = node_status(self._pool, max(kv_usage.values(), default=0.0))
+        return (
+            generate_latest(merged.registry())
+            + generate_latest(self.registry)
+            + generate_latest(_fixed_registry(model_server_series(node, time.time())))
+        )
+
+
+def _kv_usage(slots_json: bytes) -> float:
+    """A child's KV cache in use, 0..1: its slots' cached prompt tokens over their context."""
+    try:
+        slots = json.loads(slots_json)
+        used = sum(int(slot.get("n_prompt_tokens", 0)) for slot in slots)
+        size = sum(int(slot.get("n_ctx", 0)) for slot in slots)
+    except (ValueError, TypeError, AttributeError):  # not the list of slots llama-server answers
+        return 0.0
+    return min(1.0, used / size) if size > 0 else 0.0
+
+
+def model_server_series(node: NodeStatus, now: float) -> list[Metric]:
+    """The Gateway API Inference Extension's model-server series for the node as a whole."""
+    queued = GaugeMetricFamily(signals.QUEUED, "Requests waiting for a child, all models")
+    queued.add_metric((), node.queued_requests)
+    running = GaugeMetricFamily(signals.RUNNING, "Requests children are serving, all models")
+    running.add_metric((), node.running_requests)
+    kv = GaugeMetricFamily(signals.KV_USAGE, "KV cache in use in the fullest ready child, 0..1")
+    kv.add_metric((), node.kv_usage)
+    labels = signals.lora_labels(node)
+    lora = GaugeMetricFamily(
+        signals.LORA_INFO, "Models loaded (running), loading (waiting) and how many could be (max_lora); "
+        "the value is when this was read", labels=tuple(labels),
+    )  # fmt: skip
+    lora.add_metric(tuple(labels.values()), now)
+    return [queued, running, kv, lora]
+
+
+def _fixed_registry(families: Iterable[Metric]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(families))
+    return registry
 
 
 class _ChildSeries:
@@ -242,9 +291,7 @@ class _ChildSeries:
         return True
 
     def registry(self) -> CollectorRegistry:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Fixed(self._families.values()))
-        return registry
+        return _fixed_registry(self._families.values())
 
 
 class _Fixed(Collector):

@@ -162,6 +162,7 @@ class Pool:
         self.routes = routes
         self.memory = memory or MemoryPlanner(routes.config)
         self.kv = kv  # children's KV cache across swaps (None: not kept)
+        self.draining = False  # shutting down: routers in front should send no new requests
         if kv is not None:
             kv.on_event = self._on_kv_event
         self._guard = guard
@@ -315,9 +316,7 @@ class Pool:
             existing = self._live.get(spec.key)
             if existing is not None:
                 return existing
-            decision = admission.plan(
-                need.devices, self._residents(), self.memory.budgets(), self._pool_settings.max_sidecars
-            )
+            decision = self.room_for(spec)
             self.memory.decisions.append(
                 {
                     "at": time.time(),
@@ -672,6 +671,13 @@ class Pool:
 
     def sidecars(self) -> list[SidecarLike]:
         return [tenancy.sidecar for tenancy in self._live.values()]
+
+    def room_for(self, spec: SidecarSpec) -> admission.Decision:
+        """Whether a child of ``spec`` could start now (see admission); nothing is done about it."""
+        return admission.plan(
+            self.memory.need(spec).devices, self._residents(), self.memory.budgets(),
+            self._pool_settings.max_sidecars,
+        )  # fmt: skip
 
     def leases(self, key: str) -> tuple[int, int]:
         """(requests in flight, requests waiting) for the live sidecar ``key``; (0, 0) if none."""

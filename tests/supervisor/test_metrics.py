@@ -42,7 +42,8 @@ async def in_flight(client: httpx.AsyncClient, url: str, model: str) -> bool:
 
 
 def promtool_problems(text: str) -> list[str]:
-    """What `promtool check metrics` says of an exposition, less llama.cpp's own naming (``llamacpp:``)."""
+    """What `promtool check metrics` says of an exposition, less the colons of names we do not choose:
+    llama.cpp's own (``llamacpp:``) and the endpoint picker's (``vllm:``)."""
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool is needed (Debian package prometheus; ops/install.sh --dev installs it)")
@@ -51,7 +52,7 @@ def promtool_problems(text: str) -> list[str]:
     )
     assert checked.returncode in (0, 3), checked.stderr  # 3: lint findings; 1: it could not parse
     lines = (checked.stdout + checked.stderr).splitlines()
-    return [line for line in lines if line and not line.startswith("llamacpp:")]
+    return [line for line in lines if line and not line.startswith(("llamacpp:", "vllm:"))]
 
 
 async def test_requests_tokens_refusals_and_the_children_series_in_one_scrape(
@@ -247,3 +248,69 @@ async def test_real_prometheus_scrapes_requests_tokens_and_llamacpp_series(
         assert len(own) == 1 and own[0]["metric"]["key"] and float(own[0]["value"][1]) >= generated
         [up] = await query(prometheus, 'up{job="llama-sidecar"}')
         assert up["value"][1] == "1"
+
+
+def model_server(text: str) -> dict[str, Any]:
+    """The Gateway API Inference Extension's series, as its endpoint picker reads them."""
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    [lora] = families["vllm:lora_requests_info"].samples
+    names = ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
+             "vllm:lora_requests_info")  # fmt: skip
+    return {
+        "types": {name: families[name].type for name in names},
+        "waiting": families["vllm:num_requests_waiting"].samples[0].value,
+        "running": families["vllm:num_requests_running"].samples[0].value,
+        "kv": families["vllm:kv_cache_usage_perc"].samples[0].value,
+        "lora": lora.labels,
+        "lora_value": lora.value,
+    }
+
+
+async def test_model_server_series_follow_loads_unloads_and_queues(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    models = {
+        "a": {"path": fake_model("a", reply_delay_s=3, cached_tokens=256)},
+        "b": {"path": fake_model("b", load_s=3)},
+        "c": {"path": fake_model("c")},
+    }
+    config = make_config(tmp_path, models, agents={"a-agent": {"model": "a"}}, pool={"max_sidecars": 2})
+    async with running_daemon(config, fake_binary) as (url, _daemon), httpx.AsyncClient(timeout=30) as client:
+        scrape = partial(client.get, f"{url}/metrics")
+        idle = model_server((await scrape()).text)
+        assert idle["types"] == {
+            "vllm:num_requests_waiting": "gauge", "vllm:num_requests_running": "gauge",
+            "vllm:kv_cache_usage_perc": "gauge", "vllm:lora_requests_info": "gauge",
+        }  # fmt: skip
+        # Nothing loaded; two of the four names fit at once (pool.max_sidecars).
+        assert idle["lora"] == {"running_lora_adapters": "", "waiting_lora_adapters": "", "max_lora": "4"}
+        assert idle["lora_value"] > 1.7e9  # when it was read: the picker keeps the newest series
+
+        chat = partial(client.post, f"{url}/v1/chat/completions")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(chat, json={"model": "a", **CHAT}))
+            await poll_until(partial(in_flight, client, url, "a"))
+            nursery.start_soon(partial(chat, json={"model": "b", **CHAT}))
+
+            async def b_waits() -> bool:
+                return model_server((await scrape()).text)["waiting"] == 1
+
+            await poll_until(b_waits)
+            busy = model_server((await scrape()).text)
+            assert busy["running"] == 1
+            assert busy["lora"] == {
+                "running_lora_adapters": "a,a-agent",  # a model and its agent share one child
+                "waiting_lora_adapters": "b",
+                "max_lora": "3",  # the pool is full (two children): c does not fit now
+            }
+        answered = model_server((await scrape()).text)
+        assert answered["kv"] == 256 / (4 * 512)  # a's slot 0 holds its prompt; the fake's 4 slots of 512
+        assert answered["lora"]["running_lora_adapters"] == "a,a-agent,b"
+
+        for key in [s["key"] for s in (await client.get(f"{url}/api/sidecars")).json()["sidecars"]]:
+            await client.delete(f"{url}/api/sidecars/{key}")
+        assert (await client.post(f"{url}/api/models/c/load")).status_code == 200
+        unloaded = model_server((await scrape()).text)
+        assert unloaded["lora"]["running_lora_adapters"] == "c" and unloaded["lora"]["max_lora"] == "4"
+        assert unloaded["running"] == unloaded["waiting"] == 0
+        assert 0 <= unloaded["kv"] <= 1

@@ -1,0 +1,1 @@
+"""More than one machine: what each daemon publishes for a load balancer, and the balancers' configuration."""
