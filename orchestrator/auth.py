@@ -175,12 +175,15 @@ class AccessRules:
     bind_host: str = "127.0.0.1"
     allowed_hosts: tuple[str, ...] = ()  # normalised (see normal_host)
     allowed_origins: tuple[Origin, ...] = ()
+    open_metrics: bool = False  # GET /metrics without a key (a scraper that cannot send one)
 
     @classmethod
     def of(cls, server: ServerSettings) -> AccessRules:
         origins = tuple(origin for text in server.allowed_origins if (origin := parse_origin(text)))
         hosts = tuple(normal_host(host) for host in server.allowed_hosts)
-        return cls(server.api_keys, server.admin_keys, server.host, hosts, origins)
+        return cls(
+            server.api_keys, server.admin_keys, server.host, hosts, origins, server.metrics_without_key
+        )
 
     # -- the decision ----------------------------------------------------------
 
@@ -249,7 +252,7 @@ class AccessRules:
 
     def keys_for(self, path: str) -> tuple[str, ...]:
         """The keys that open ``path`` (empty: open to anyone who passes the host and origin rules)."""
-        if path in OPEN_PATHS or path.startswith("/web/"):
+        if path in OPEN_PATHS or path.startswith("/web/") or (self.open_metrics and path == "/metrics"):
             return ()
         if needs_api_key(path):
             return (*self.api_keys, *self.admin_keys) if self.api_keys else ()

@@ -41,6 +41,7 @@ class ServerSettings:
     shutdown_grace_s: float = 10.0  # on SIGTERM/SIGINT, in-flight requests get this long to finish
     drain_notice_s: float = 0.0  # before that, /health says 503 this long while new requests are still served
     agent_port: int | None = None  # HAProxy's agent check (see fleet.signals), on server.host
+    metrics_without_key: bool = False  # GET /metrics open (the endpoint picker's scraper sends no key)
     allowed_hosts: tuple[str, ...] = ()  # Host names besides the loopback ones and `host` (see auth)
     allowed_origins: tuple[str, ...] = ()  # web origins besides the dashboard's own (see auth)
     default_model: str | None = None  # where a request that names no model goes (see RouteTable.default)
@@ -367,6 +368,7 @@ def parse_config(
         allowed_origins=server_t.checked_strings("allowed_origins", _origin_problem),
         default_model=server_t.text("default_model", "an agent, model or alias name", None),
         send_loading_state=server_t.boolean("send_loading_state", False),
+        metrics_without_key=server_t.boolean("metrics_without_key", False),
     )
     if auth.ANY_HOST in server.allowed_hosts and not server.api_keys:
         server_t.problem(

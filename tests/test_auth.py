@@ -42,6 +42,9 @@ def test_policy() -> None:
         "/ws/events", API_KEY
     )  # never more open
     assert AccessRules().allows("/api/sidecars", None)  # no keys configured: loopback default, open
+    assert not both.allows("/metrics", None)
+    scraped = AccessRules((API_KEY,), (ADMIN_KEY,), open_metrics=True)  # server.metrics_without_key
+    assert scraped.allows("/metrics", None) and not scraped.allows("/api/sidecars", None)
 
 
 def test_presented_key_forms() -> None:
