@@ -87,6 +87,11 @@ SLOT_ACTION_PREFIX = "/slots/"  # POST /slots/{id}?action=save|restore|erase: th
 UPSTREAM_PREFIX = "/upstream/"
 # Router-mode model management, in llama.cpp's shape (GET /models, POST /models/load|unload).
 MODEL_MANAGEMENT = frozenset({"/models", "/v1/models", "/models/load", "/models/unload"})
+# Ollama's API (see ollama, http.ollama): its inference and model routes are the API keys', as ours are.
+OLLAMA_PATHS = frozenset({
+    "/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/tags", "/api/ps", "/api/show",
+    "/api/version", "/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete",
+})  # fmt: skip
 
 
 def find(method: str, path: str, query_has_model: bool) -> ApiRoute | None:
@@ -102,7 +107,7 @@ def needs_api_key(path: str) -> bool:
     list and router-mode management. A child's slots, metrics and raw routes (/upstream) are admin's."""
     if path in ("/slots", "/metrics") or path.startswith((SLOT_ACTION_PREFIX, UPSTREAM_PREFIX)):
         return False
-    return path in PATHS or path in MODEL_MANAGEMENT or path.startswith("/v1/")
+    return path in PATHS or path in MODEL_MANAGEMENT or path in OLLAMA_PATHS or path.startswith("/v1/")
 
 
 def is_slot_action(method: str, child_path: str) -> bool:

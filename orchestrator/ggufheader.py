@@ -74,6 +74,16 @@ class _Cursor:
 
 def read_facts(path: str | Path) -> ModelFacts:
     """The header of the GGUF at ``path``; GgufError if it is not one."""
+    fields, tensors = _read(path)
+    return _facts(fields, tensors, str(path))
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The GGUF's metadata fields (token lists only counted; the chat template kept)."""
+    return _read(path)[0]
+
+
+def _read(path: str | Path) -> tuple[dict[str, Any], tuple[Tensor, ...]]:
     with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
         if data[:4] != MAGIC:
             raise GgufError(f"{path}: not a GGUF file (no GGUF magic)")
@@ -88,7 +98,8 @@ def read_facts(path: str | Path) -> ModelFacts:
                 key = cursor.string()
                 kind = cursor.scalar(4)
                 # Per-layer arrays (head counts, feed-forward sizes) are kept; token lists only counted.
-                fields[key] = cursor.value(kind, keep=not key.startswith("tokenizer."))
+                keep = not key.startswith("tokenizer.") or key == "tokenizer.chat_template"
+                fields[key] = cursor.value(kind, keep=keep)
             tensors = []
             for _ in range(n_tensors):
                 name = cursor.string()
@@ -104,7 +115,7 @@ def read_facts(path: str | Path) -> ModelFacts:
                 tensors.append(Tensor(name, elements // per_block * block_bytes))
         except struct.error as error:
             raise GgufError(f"{path}: the GGUF header is cut short ({error})") from error
-    return _facts(fields, tuple(tensors), str(path))
+    return fields, tuple(tensors)
 
 
 def _facts(fields: dict[str, Any], tensors: tuple[Tensor, ...], path: str) -> ModelFacts:

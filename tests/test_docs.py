@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.apiroutes import PATHS
+from orchestrator.apiroutes import OLLAMA_PATHS, PATHS
 from orchestrator.config import KNOWN_KEYS
 from orchestrator.http.app import create_app
 from orchestrator.supervisor.history import History
@@ -77,10 +77,14 @@ async def test_every_route_is_documented(tmp_path: Path) -> None:
     pool = Pool(routes)
     app = create_app(pool, StatsSampler(pool), History(pool), PoolMetrics(pool), reload=_no_reload)
     served = {re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule) for rule in app.url_map.iter_rules()}
-    served |= PATHS
-    text = (DOCS / "api.md").read_text() + (DOCS / "dashboard.md").read_text()
+    served |= PATHS | OLLAMA_PATHS
     # A route is documented as code: `/path` or `GET /path` (the path is the span's last word).
-    documented = {span.split()[-1] for span in re.findall(r"`([^`]+)`", text) if span.strip()}
+    documented = {
+        span.split()[-1]
+        for page in ("api.md", "dashboard.md", "ollama.md")
+        for span in re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", (DOCS / page).read_text(), flags=re.S))
+        if span.strip()
+    }
     missing = sorted(served - documented)
     assert not missing, f"routes missing from docs/api.md: {missing}"
 

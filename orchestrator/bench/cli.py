@@ -53,6 +53,10 @@ def add_bench_parser(commands: Any) -> None:
     overhead.add_argument(
         "--compare-pid", type=int, metavar="PID", help="that server's pid, for its CPU and memory"
     )
+    overhead.add_argument(
+        "--api", choices=("openai", "ollama"), default="openai",
+        help="the route measured through the daemon: OpenAI's chat (default) or Ollama's /api/chat",
+    )  # fmt: skip
     overhead.set_defaults(handler=lazy_handler(_COMMANDS, "cmd_overhead"))
 
     cold = tools.add_parser("cold", help="cold start to first token, readiness lag, and A -> B -> A swaps")

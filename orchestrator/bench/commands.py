@@ -74,6 +74,7 @@ def cmd_overhead(args: argparse.Namespace) -> int:
         compare_model=args.compare_model,
         compare_direct_url=args.compare_direct,
         compare_pid=args.compare_pid,
+        api=args.api,
     )
 
     async def run() -> dict[str, Any]:

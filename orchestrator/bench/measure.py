@@ -68,6 +68,37 @@ async def stream(
     return StreamSample(arrivals[0] - started, finished - started, gaps, len(arrivals), timings)
 
 
+async def stream_ndjson(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> StreamSample:
+    """POST ``body`` to an Ollama route (its stream: one JSON object a line) and time every chunk."""
+    started = time.perf_counter()
+    arrivals: list[float] = []
+    final: dict[str, Any] = {}
+    async with client.stream("POST", url, json={**body, "stream": True}, headers=headers) as response:
+        if response.status_code != 200:
+            raise RequestFailed(f"{url}: HTTP {response.status_code}: {(await response.aread())[:300]!r}")
+        async for line in response.aiter_lines():
+            if not line:
+                continue
+            chunk = json.loads(line)
+            if "error" in chunk:
+                raise RequestFailed(f"{url}: error line: {chunk['error']}")
+            if (chunk.get("message") or {}).get("content") or chunk.get("response"):
+                arrivals.append(time.perf_counter())
+            if chunk.get("done"):
+                final = chunk
+                break
+        if not final:
+            raise RequestFailed(f"{url}: the stream ended without its done line")
+    finished = time.perf_counter()
+    if not arrivals:
+        raise RequestFailed(f"{url}: the stream carried no content")
+    gaps = tuple(later - earlier for earlier, later in itertools.pairwise(arrivals))
+    timings = {"prompt_n": final.get("prompt_eval_count"), "predicted_n": final.get("eval_count")}
+    return StreamSample(arrivals[0] - started, finished - started, gaps, len(arrivals), timings)
+
+
 async def post(
     client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> tuple[float, dict[str, Any]]:

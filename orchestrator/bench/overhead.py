@@ -16,6 +16,7 @@ from orchestrator.bench.usage import UsageMeter, machine_description
 from orchestrator.errors import BenchError, RequestFailed
 
 CHAT = "/v1/chat/completions"
+OLLAMA_CHAT = "/api/chat"
 
 T = TypeVar("T")
 
@@ -31,6 +32,7 @@ class OverheadPlan:
     compare_model: str | None = None  # the model's name there (default: ``model``)
     compare_direct_url: str | None = None  # that server's own child, reached directly
     compare_pid: int | None = None  # that server's process, for its CPU and memory
+    api: str = "openai"  # the route measured through the daemon: "openai" (chat) or "ollama" (/api/chat)
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,25 @@ class Endpoint:
     model: str
     headers: dict[str, str]
     baseline: str | None = None  # the endpoint (its own child, direct) its cost is measured against
+    ollama: bool = False  # Ollama's /api/chat (its bodies, its NDJSON stream) rather than OpenAI's
+
+    def small(self, client: httpx.AsyncClient) -> Awaitable[tuple[float, dict[str, Any]]]:
+        """One small request (one token, not streamed), timed."""
+        return measure.post(client, self.url, self._body(small_body(self.model)), self.headers)
+
+    def stream(self, client: httpx.AsyncClient, tokens: int) -> Awaitable[measure.StreamSample]:
+        """One stream of ``tokens`` tokens, each chunk timed."""
+        body = self._body(stream_body(self.model, tokens))
+        streamer = measure.stream_ndjson if self.ollama else measure.stream
+        return streamer(client, self.url, body, self.headers)
+
+    def _body(self, openai: dict[str, Any]) -> dict[str, Any]:
+        if not self.ollama:
+            return openai
+        # The same request in Ollama's words (ignore_eos, which Ollama lacks, as a llama.cpp option).
+        options = {"num_predict": openai["max_tokens"], "temperature": openai["temperature"]}
+        options.update({"ignore_eos": True} if openai.get("ignore_eos") else {})
+        return {"model": self.model, "messages": openai["messages"], "stream": False, "options": options}
 
 
 def small_body(model: str) -> dict[str, Any]:
@@ -114,10 +135,7 @@ async def throughput(
         nonlocal remaining, generated
         while remaining > 0:
             remaining -= 1
-            sample = await counted(
-                measure.stream(client, endpoint.url, stream_body(endpoint.model, tokens), endpoint.headers),
-                failures,
-            )
+            sample = await counted(endpoint.stream(client, tokens), failures)
             if sample is not None:
                 generated += sample.chunks
 
@@ -130,11 +148,15 @@ async def throughput(
     return Throughput(served / wall, generated / wall, failures)
 
 
-def endpoints_of(plan: OverheadPlan, through_url: str, port: int, headers: dict[str, str]) -> list[Endpoint]:
-    """Direct and through; the compared proxy, against its own child when that is given."""
+def endpoints_of(plan: OverheadPlan, base_url: str, port: int, headers: dict[str, str]) -> list[Endpoint]:
+    """Direct and through (OpenAI's chat, or Ollama's); the compared proxy, against its own child when
+    that is given."""
+    ollama = plan.api == "ollama"
     endpoints = [
         Endpoint("direct", f"http://127.0.0.1:{port}{CHAT}", plan.model, {}),
-        Endpoint("through", through_url, plan.model, headers, baseline="direct"),
+        Endpoint(
+            "through", base_url + (OLLAMA_CHAT if ollama else CHAT), plan.model, headers, "direct", ollama
+        ),
     ]
     if plan.compare_url:
         compare_model = plan.compare_model or plan.model
@@ -161,10 +183,10 @@ async def measure_overhead(
         say(f"starting {plan.model} through {target.url}")
         await measure.post(client, through_url, small_body(plan.model), dict(target.headers))
         port = await child_port(client, target, plan.model)
-        endpoints = endpoints_of(plan, through_url, port, dict(target.headers))
+        endpoints = endpoints_of(plan, target.url, port, dict(target.headers))
         for endpoint in endpoints:  # warm every path: connections, caches
             for _ in range(3):
-                await measure.post(client, endpoint.url, small_body(endpoint.model), endpoint.headers)
+                await endpoint.small(client)
 
         pids = {"through": target.pid, "compare": plan.compare_pid if plan.compare_url else None}
         meters = {name: UsageMeter(pid) for name, pid in pids.items() if pid is not None}
@@ -176,6 +198,7 @@ async def measure_overhead(
     report: dict[str, Any] = {
         "tool": "overhead",
         "model": plan.model,
+        "api": plan.api,
         "machine": machine_description(),
         "plan": asdict(plan),
         "endpoints": [e.name for e in endpoints],
@@ -224,10 +247,7 @@ async def _measure_all(
     cpu_at_start = {name: meter.cpu_s() for name, meter in meters.items()}
     for turn in range(plan.small_requests):
         for endpoint in rotated(endpoints, turn):
-            answer = await counted(
-                measure.post(client, endpoint.url, small_body(endpoint.model), endpoint.headers),
-                small_failed[endpoint.name],
-            )
+            answer = await counted(endpoint.small(client), small_failed[endpoint.name])
             if answer is not None:
                 small[endpoint.name].append(answer[0] * 1000)
     cpu_after_small = {name: meter.cpu_s() for name, meter in meters.items()}
@@ -238,11 +258,7 @@ async def _measure_all(
     streams_failed: dict[str, list[str]] = {name: [] for name in names}
     for turn in range(plan.streams):
         for endpoint in rotated(endpoints, turn):
-            body = stream_body(endpoint.model, plan.stream_tokens)
-            sample = await counted(
-                measure.stream(client, endpoint.url, body, endpoint.headers),
-                streams_failed[endpoint.name],
-            )
+            sample = await counted(endpoint.stream(client, plan.stream_tokens), streams_failed[endpoint.name])
             if sample is not None:
                 streams[endpoint.name].append(sample)
     note_failures("the streams", streams_failed, plan.streams)
@@ -335,5 +351,6 @@ def render_overhead(report: dict[str, Any]) -> str:
             f"{failure['endpoint']} failed {failure['failed']} of {failure['of']} requests in "
             f"{failure['phase']} (its figures there count the others); the first: {failure['first']}"
         )
-    lines.append(f"Model {report['model']}; {report['machine']}.")
+    api = "Ollama's /api/chat" if report.get("api") == "ollama" else "OpenAI's chat"
+    lines.append(f"Model {report['model']}, through {api}; {report['machine']}.")
     return "\n".join(lines)

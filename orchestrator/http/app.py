@@ -14,6 +14,7 @@ from orchestrator.http.admin import Reloader, register_admin_routes
 from orchestrator.http.exchange import ExchangeEnd
 from orchestrator.http.gate import AccessGate
 from orchestrator.http.models import register_model_routes
+from orchestrator.http.ollama import OllamaApi
 from orchestrator.http.openai_errors import (
     INTERNAL_ERROR,
     as_response,
@@ -31,6 +32,12 @@ from orchestrator.supervisor.stats import StatsSampler
 log = logging.getLogger("orchestrator.http.app")
 
 
+def _with_ollama(proxy: ApiProxy, pool: Pool, max_body_bytes: int) -> OllamaApi:
+    """Ollama's routes in front: what they do not answer goes on to the proxy, and so does what they
+    translate (into the same proxy, as the llama-server request it becomes)."""
+    return OllamaApi(proxy, proxy, pool, max_body_bytes)
+
+
 def create_app(
     pool: Pool, stats: StatsSampler, history: History, metrics: PoolMetrics, reload: Reloader,
     *, agent_port: int | None = None,
@@ -44,7 +51,7 @@ def create_app(
     # Outermost: nothing is reached before the host, origin and key rules are passed. Then the
     # exchange's resources, then llama-server's routes' fast path (proxy), then Quart for the rest.
     app.asgi_app = AccessGate(  # type: ignore[method-assign]
-        ExchangeEnd(ApiProxy(app.asgi_app, pool, max_body_bytes)),
+        ExchangeEnd(_with_ollama(ApiProxy(app.asgi_app, pool, max_body_bytes), pool, max_body_bytes)),
         lambda: pool.routes.config.server,  # the keys may change on reload
     )
 

@@ -59,6 +59,8 @@ from orchestrator.supervisor.upstream import UpstreamResponse
 log = logging.getLogger("orchestrator.http.proxy")
 
 UPSTREAM_LABEL = "/upstream"  # every /upstream/{name}/... request, for the metrics (labels stay bounded)
+# A scope extension naming the route a translated request came in on (Ollama's): {"path": "/api/chat"}.
+ROUTE_LABEL = "llama_sidecar.route"
 LOADING_TICK_S = 1.0  # a streamed chat waiting for a load is told how long so far, this often
 REWRITE_MAX_BYTES = 1 << 20  # a JSON answer read whole to put our words in (errors, /props)
 # Never forwarded: per-connection headers, and CORS headers (llama-server allows
@@ -168,7 +170,8 @@ class ApiProxy:
     async def _exchange(
         self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable, route: ApiRoute | None
     ) -> None:
-        meter = RequestMeter(UPSTREAM_LABEL if route is None else route.path)
+        came_in = (scope.get("extensions") or {}).get(ROUTE_LABEL)
+        meter = RequestMeter(came_in["path"] if came_in else UPSTREAM_LABEL if route is None else route.path)
         try:
             incoming = await self._incoming(scope, receive, route)
         except _ClientLeft:

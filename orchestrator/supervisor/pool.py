@@ -70,6 +70,7 @@ from orchestrator.supervisor.memory import MemoryPlanner, Need
 from orchestrator.supervisor.sidecar import Sidecar
 from orchestrator.supervisor.upstream import Upstream
 
+KEEP_ALIVE_NOW_S = 1e-3  # keep_alive 0: idle TTL 0 means "never", so the shortest one instead
 log = logging.getLogger("orchestrator.supervisor.pool")
 
 
@@ -139,13 +140,12 @@ class _Tenancy:
         self.last_used = trio.current_time()
         self.idle = trio.Event()  # set while nothing is in flight
         self.idle.set()
+        self.idle_ttl_s = sidecar.spec.idle_ttl_s  # 0: never; a request may set another (keep_alive)
 
     def occupant(self) -> Occupant:
         s = self.sidecar
         pinned = s.spec.placement.pin
-        return Occupant(
-            s.key, s.state, self.in_flight, self.last_used, self.waiting, s.spec.idle_ttl_s, pinned
-        )
+        return Occupant(s.key, s.state, self.in_flight, self.last_used, self.waiting, self.idle_ttl_s, pinned)
 
 
 class Pool:
@@ -215,7 +215,7 @@ class Pool:
         finally:
             tenancy.in_flight -= 1
             tenancy.last_used = trio.current_time()
-            ttl = sidecar.spec.idle_ttl_s
+            ttl = tenancy.idle_ttl_s
             if tenancy.in_flight == 0:
                 tenancy.idle.set()
             finished = None if figures is None else figures()
@@ -536,8 +536,7 @@ class Pool:
             occupants = [t.occupant() for t in self._live.values()]
             for key in policy.expired(occupants, trio.current_time()):
                 tenancy = self._live[key]
-                ttl = tenancy.sidecar.spec.idle_ttl_s
-                self._stop_soon(tenancy, StopReason.TTL, f"idle for {ttl:g} s (its idle TTL)")
+                self._stop_soon(tenancy, StopReason.TTL, f"idle for {tenancy.idle_ttl_s:g} s (its idle TTL)")
             next_expiry = policy.next_expiry(t.occupant() for t in self._live.values())
             self._expiry_alarm = math.inf if next_expiry is None else next_expiry
             with trio.move_on_at(self._expiry_alarm):
@@ -671,6 +670,24 @@ class Pool:
 
     def sidecars(self) -> list[SidecarLike]:
         return [tenancy.sidecar for tenancy in self._live.values()]
+
+    def keep_alive(self, key: str, seconds: float) -> None:
+        """From now on, stop the live child ``key`` once idle this long (Ollama's keep_alive): 0 as soon
+        as it is idle, inf never for idleness (room may still evict it)."""
+        tenancy = self._live.get(key)
+        if tenancy is None:
+            return
+        tenancy.idle_ttl_s = 0.0 if math.isinf(seconds) else max(seconds, KEEP_ALIVE_NOW_S)
+        if not tenancy.in_flight:
+            ttl = tenancy.idle_ttl_s
+            self._notify(idle_until=tenancy.last_used + ttl if ttl else math.inf)
+
+    def expires_at(self, key: str) -> float | None:
+        """When the live child ``key`` will be stopped for idleness if nothing uses it (wall clock)."""
+        tenancy = self._live.get(key)
+        if tenancy is None or not tenancy.idle_ttl_s:
+            return None
+        return time.time() + tenancy.last_used + tenancy.idle_ttl_s - trio.current_time()
 
     def room_for(self, spec: SidecarSpec) -> admission.Decision:
         """Whether a child of ``spec`` could start now (see admission); nothing is done about it."""
