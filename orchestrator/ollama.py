@@ -294,6 +294,20 @@ def _tool_calls_from_openai(calls: Any) -> list[dict[str, Any]]:
     return converted
 
 
+def _answer_piece(model: str, now: float, content: str, thinking: str, calls: list[dict[str, Any]], *,
+                  generate: bool) -> dict[str, Any]:  # fmt: skip
+    """An answer or a piece of one: generate's ``response`` (and ``thinking``, ``tool_calls``) at the
+    top level, chat's in its ``message``."""
+    reply: dict[str, Any] = {"content": content} if not generate else {"response": content}
+    if thinking:
+        reply["thinking"] = thinking
+    if calls:
+        reply["tool_calls"] = calls
+    if generate:
+        return {"model": model, "created_at": created_at(now), **reply}
+    return {"model": model, "created_at": created_at(now), "message": {"role": "assistant", **reply}}
+
+
 @dataclass(frozen=True)
 class Timing:
     """What the answer's metrics need besides the child's own timings."""
@@ -315,20 +329,7 @@ def chat_answer(answer: Mapping[str, Any], timing: Timing, *, generate: bool, no
     else:  # /completion (a raw generate)
         content, thinking, calls = answer.get("content", ""), "", []
         reason = "length" if answer.get("stop_type") == "limit" or answer.get("truncated") else "stop"
-    document: dict[str, Any] = {"model": timing.model, "created_at": created_at(now)}
-    if generate:
-        document["response"] = content
-        if thinking:
-            document["thinking"] = thinking
-        if calls:
-            document["tool_calls"] = calls
-    else:
-        reply: dict[str, Any] = {"role": "assistant", "content": content}
-        if thinking:
-            reply["thinking"] = thinking
-        if calls:
-            reply["tool_calls"] = calls
-        document["message"] = reply
+    document = _answer_piece(timing.model, now, content, thinking, calls, generate=generate)
     document.update({"done": True, "done_reason": reason})
     document.update(metrics(answer.get("timings"), answer.get("usage"), now - timing.started, timing.load_s))
     return document
@@ -428,20 +429,8 @@ class StreamTranslator:
     ) -> list[bytes]:
         if not content and not thinking and not calls:
             return []
-        document: dict[str, Any] = {"model": self._timing.model, "created_at": created_at(now)}
-        if self._generate:
-            document["response"] = content
-            if thinking:
-                document["thinking"] = thinking
-            if calls:
-                document["tool_calls"] = calls
-        else:
-            message: dict[str, Any] = {"role": "assistant", "content": content}
-            if thinking:
-                message["thinking"] = thinking
-            if calls:
-                message["tool_calls"] = calls
-            document["message"] = message
+        model, generate = self._timing.model, self._generate
+        document = _answer_piece(model, now, content, thinking, calls or [], generate=generate)
         document["done"] = False
         return [_line(document)]
 

@@ -123,17 +123,21 @@ async def measure_cold(
             warm.append(sample.ttft_s * 1000)
             runs["swap_to_b"].append(await cold_start(client, target, plan.second))
             runs["swap_back_to_a"].append(await cold_start(client, target, plan.first))
-    summary = {
-        phase: {field: mean_std([run[field] for run in phase_runs]) for field in phase_runs[0]}
-        for phase, phase_runs in runs.items()
-    }
+    return cold_report(plan, runs, warm)
+
+
+def cold_report(plan: Any, runs: dict[str, list[dict[str, float]]], warm: list[float]) -> dict[str, Any]:
+    """`bench cold`'s report: every run, and per phase each figure's mean and spread."""
     return {
         "tool": "cold",
         "machine": machine_description(),
         "plan": asdict(plan),
         "warm_ttft_ms": mean_std(warm),
         "runs": runs,
-        "summary": summary,
+        "summary": {
+            phase: {field: mean_std([run[field] for run in phase_runs]) for field in phase_runs[0]}
+            for phase, phase_runs in runs.items()
+        },
     }
 
 

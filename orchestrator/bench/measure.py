@@ -36,10 +36,47 @@ def _content(chunk: dict[str, Any]) -> str:
     return str((first.get("delta") or {}).get("content") or first.get("text") or "")
 
 
+@dataclass(frozen=True)
+class _Event:
+    """One line of a stream, as the timing needs it."""
+
+    content: bool = False  # it carries generated text
+    done: bool = False  # the stream's own end
+    timings: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def _sse_event(line: str) -> _Event | None:
+    """An OpenAI / llama-server SSE line (None: not an event)."""
+    if not line.startswith("data: "):
+        return None
+    if line == "data: [DONE]":
+        return _Event(done=True)
+    chunk = json.loads(line[6:])
+    if "error" in chunk:
+        return _Event(error=str(chunk["error"]))
+    return _Event(bool(_content(chunk)), timings=chunk.get("timings"))
+
+
+def _ndjson_event(line: str) -> _Event | None:
+    """A line of Ollama's stream: one JSON object."""
+    if not line:
+        return None
+    chunk = json.loads(line)
+    if "error" in chunk:
+        return _Event(error=str(chunk["error"]))
+    content = bool((chunk.get("message") or {}).get("content") or chunk.get("response"))
+    timings = {"prompt_n": chunk.get("prompt_eval_count"), "predicted_n": chunk.get("eval_count")}
+    return _Event(content, done=bool(chunk.get("done")), timings=timings if chunk.get("done") else None)
+
+
 async def stream(
-    client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
-) -> StreamSample:
-    """POST ``body`` (with stream on) to ``url`` and time every content chunk."""
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str] | None = None, *,
+    ndjson: bool = False,
+) -> StreamSample:  # fmt: skip
+    """POST ``body`` (with stream on) to ``url`` and time every content chunk; ``ndjson``: Ollama's
+    stream (one JSON object a line) rather than SSE."""
+    parse = _ndjson_event if ndjson else _sse_event
     started = time.perf_counter()
     arrivals: list[float] = []
     timings: dict[str, Any] = {}
@@ -48,54 +85,23 @@ async def stream(
             raise RequestFailed(f"{url}: HTTP {response.status_code}: {(await response.aread())[:300]!r}")
         done = False
         async for line in response.aiter_lines():
-            if not line.startswith("data: "):
+            event = parse(line)
+            if event is None:
                 continue
-            if line == "data: [DONE]":
+            if event.error is not None:
+                raise RequestFailed(f"{url}: error event: {event.error}")
+            if event.content:
+                arrivals.append(time.perf_counter())
+            timings = event.timings or timings
+            if event.done:
                 done = True
                 break
-            chunk = json.loads(line[6:])
-            if "error" in chunk:
-                raise RequestFailed(f"{url}: error event: {chunk['error']}")
-            if _content(chunk):
-                arrivals.append(time.perf_counter())
-            timings = chunk.get("timings") or timings
         if not done:
-            raise RequestFailed(f"{url}: the stream ended without [DONE]")
+            raise RequestFailed(f"{url}: the stream ended without its end ([DONE], or done: true)")
     finished = time.perf_counter()
     if not arrivals:
         raise RequestFailed(f"{url}: the stream carried no content")
     gaps = tuple(later - earlier for earlier, later in itertools.pairwise(arrivals))
-    return StreamSample(arrivals[0] - started, finished - started, gaps, len(arrivals), timings)
-
-
-async def stream_ndjson(
-    client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
-) -> StreamSample:
-    """POST ``body`` to an Ollama route (its stream: one JSON object a line) and time every chunk."""
-    started = time.perf_counter()
-    arrivals: list[float] = []
-    final: dict[str, Any] = {}
-    async with client.stream("POST", url, json={**body, "stream": True}, headers=headers) as response:
-        if response.status_code != 200:
-            raise RequestFailed(f"{url}: HTTP {response.status_code}: {(await response.aread())[:300]!r}")
-        async for line in response.aiter_lines():
-            if not line:
-                continue
-            chunk = json.loads(line)
-            if "error" in chunk:
-                raise RequestFailed(f"{url}: error line: {chunk['error']}")
-            if (chunk.get("message") or {}).get("content") or chunk.get("response"):
-                arrivals.append(time.perf_counter())
-            if chunk.get("done"):
-                final = chunk
-                break
-        if not final:
-            raise RequestFailed(f"{url}: the stream ended without its done line")
-    finished = time.perf_counter()
-    if not arrivals:
-        raise RequestFailed(f"{url}: the stream carried no content")
-    gaps = tuple(later - earlier for earlier, later in itertools.pairwise(arrivals))
-    timings = {"prompt_n": final.get("prompt_eval_count"), "predicted_n": final.get("eval_count")}
     return StreamSample(arrivals[0] - started, finished - started, gaps, len(arrivals), timings)
 
 

@@ -51,8 +51,7 @@ class Endpoint:
     def stream(self, client: httpx.AsyncClient, tokens: int) -> Awaitable[measure.StreamSample]:
         """One stream of ``tokens`` tokens, each chunk timed."""
         body = self._body(stream_body(self.model, tokens))
-        streamer = measure.stream_ndjson if self.ollama else measure.stream
-        return streamer(client, self.url, body, self.headers)
+        return measure.stream(client, self.url, body, self.headers, ndjson=self.ollama)
 
     def _body(self, openai: dict[str, Any]) -> dict[str, Any]:
         if not self.ollama:

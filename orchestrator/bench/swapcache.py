@@ -15,16 +15,15 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from orchestrator.bench.cold import ask, cold_start, wait_empty
-from orchestrator.bench.summary import fmt, mean_std
+from orchestrator.bench.cold import ask, cold_report, cold_start, wait_empty
+from orchestrator.bench.summary import fmt
 from orchestrator.bench.sweep import prompt_text
 from orchestrator.bench.target import Target
-from orchestrator.bench.usage import machine_description
 
 # A daemon for the run: with the KV cache kept in the given store, or (None) without it.
 StartDaemon = Callable[[str | None], AbstractAsyncContextManager[Target]]
@@ -74,17 +73,7 @@ async def measure_swap_cache(
             say(f"the daemon restarted on the same store: {plan.first} again")
             async with start(store) as target:
                 runs["after_restart_with"].append(await cold_start(client, target, plan.first, system))
-    return {
-        "tool": "cold",
-        "machine": machine_description(),
-        "plan": asdict(plan),
-        "warm_ttft_ms": mean_std(warm),
-        "runs": runs,
-        "summary": {
-            phase: {field: mean_std([run[field] for run in phase_runs]) for field in phase_runs[0]}
-            for phase, phase_runs in runs.items()
-        },
-    }
+    return cold_report(plan, runs, warm)
 
 
 def render_swap_cache(report: dict[str, Any]) -> str:

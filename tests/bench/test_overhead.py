@@ -26,13 +26,15 @@ from tests.conftest import make_config, running_daemon
 
 
 @pytest.mark.real
+@pytest.mark.parametrize("api", ["openai", "ollama"])
 def test_overhead_reports_both_paths_ratios_and_the_daemons_usage(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], api: str
 ) -> None:
     report_path = tmp_path / "overhead.json"
     argv = ["bench", "overhead", "--requests", "6", "--streams", "2", "--tokens", "8", "--concurrency", "1,2"]
-    assert main([*argv, "--json", str(report_path)]) == 0
+    assert main([*argv, "--api", api, "--json", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
+    assert report["api"] == api
     assert report["endpoints"] == ["direct", "through"]
     names = [metric["name"] for metric in report["metrics"]]
     assert names == [
@@ -54,6 +56,7 @@ def test_overhead_reports_both_paths_ratios_and_the_daemons_usage(
     printed = capsys.readouterr().out
     assert "| small request p50 (ms) |" in printed and "through/direct" in printed
     assert "| through | " in printed and "CPU ms per small request" in printed
+    assert ("through Ollama's /api/chat" in printed) == (api == "ollama")
 
 
 def test_overhead_against_an_unreachable_daemon_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
