@@ -11,12 +11,13 @@ Ollama's ``{"error": "..."}``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import trio
@@ -223,6 +224,15 @@ class OllamaApi:
         })  # fmt: skip
 
 
+@functools.lru_cache(maxsize=256)
+def _metadata(path: str, size: int, modified: float) -> Mapping[str, Any]:
+    """A GGUF's header, read once per version of the file (size and date are part of the key)."""
+    try:
+        return read_metadata(path)
+    except (GgufError, OSError, ValueError):  # a file that is not a GGUF (the tests' fake): no details
+        return {}
+
+
 def _model_entry(route: Route) -> dict[str, Any]:
     """A configured name as Ollama lists a model (reads the GGUF header: run in a thread)."""
     path = route.model.path
@@ -231,10 +241,7 @@ def _model_entry(route: Route) -> dict[str, Any]:
         size, modified = stat.st_size, stat.st_mtime
     except OSError:
         size, modified = 0, 0.0
-    try:
-        metadata = read_metadata(path)
-    except (GgufError, OSError, ValueError):  # a file that is not a GGUF (the tests' fake): no details
-        metadata = {}
+    metadata = _metadata(path, size, modified)
     architecture = str(metadata.get("general.architecture", ""))
     file_type = metadata.get("general.file_type")
     return {
