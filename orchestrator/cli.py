@@ -90,6 +90,22 @@ async def _doctor(routes: RouteTable) -> str:
     return f"ready in {loaded:.2f} s, generated at {speed:.1f} tokens/s"
 
 
+def _print_placement(routes: RouteTable) -> None:
+    """Each device with its budget, and where the configured models would go (see placement)."""
+    planner = MemoryPlanner(routes.config)
+    planner.discover(routes)
+    budgets, totals = planner.budgets(), planner.totals()
+    print("devices (budget of total):")
+    for device, budget in budgets.items():
+        print(f"  {device}: {admission.human(budget)} of {admission.human(totals.get(device, budget))}")
+    print(f"sample placement (pool.placement = {routes.config.pool.placement}; each started in turn):")
+    for name, choice in planner.sample_placement(routes):
+        where = choice.layout.describe() if choice.layout.devices else "as its flags say"
+        if choice.decision.kind != "admit":
+            where = f"{choice.decision.kind.replace('_', ' ')}: {choice.decision.reason}"
+        print(f"  {name}: {where}" + (f" ({choice.why})" if choice.why and choice.layout.devices else ""))
+
+
 def _print_candidates(setting: str | None) -> None:
     print("llama-server, looked for in this order:")
     for line in describe_candidates(candidates(setting)):
@@ -103,6 +119,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     _print_candidates(first.model.bin)
     print(f"llama-server: {first.binary.path} ({first.binary.origin})")
     print(f"model: {first.model.path}")
+    _print_placement(routes)
     print(f"ok: {run_trio(_doctor, routes)}")
     return 0
 
@@ -186,6 +203,13 @@ def _memory_cell(memory: dict[str, Any] | None) -> str:
     return " ".join(f"{device}:{_short(mib * admission.MiB)}" for device, mib in counted.items()) or "-"
 
 
+def _devices_cell(memory: dict[str, Any] | None) -> str:
+    """The GPUs a child runs on ("cpu": none)."""
+    if not memory:
+        return "-"
+    return ",".join(memory.get("devices", [])) or "cpu"
+
+
 def _kv_cell(kv: dict[str, Any] | None) -> str:
     """A key's saved KV cache: its tokens and size, or why it keeps none."""
     if not kv:
@@ -201,14 +225,14 @@ def _kv_cell(kv: dict[str, Any] | None) -> str:
 def cmd_ps(args: argparse.Namespace) -> int:
     data = _api("GET", f"{args.url}/api/sidecars")
     rows = [
-        ("KEY", "MODEL", "STATE", "PORT", "PID", "IN-FLIGHT", "RESTARTS", "UP", "IDLE", "MEMORY", "KV-CACHE",
-         "AGENTS")
+        ("KEY", "MODEL", "STATE", "PORT", "PID", "IN-FLIGHT", "RESTARTS", "UP", "IDLE", "MEMORY", "DEVICES",
+         "KV-CACHE", "AGENTS")
     ]  # fmt: skip
     rows += [
         (
             s["key"][:8], s["model"], s["state"], str(s["port"]), str(s["pid"]), str(s["in_flight"]),
             str(s["restarts"]), _age(s["started_at"]), _age(s["last_used"]), _memory_cell(s.get("memory")),
-            _kv_cell(s.get("kv_cache")), ",".join(s["agents"]) or "-",
+            _devices_cell(s.get("memory")), _kv_cell(s.get("kv_cache")), ",".join(s["agents"]) or "-",
         )
         for s in data["sidecars"]
     ]  # fmt: skip
@@ -216,7 +240,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
     store = data.get("kv_cache") or {}
     stopped = {key: kv for key, kv in store.get("keys", {}).items() if key not in running}
     rows += [
-        (key[:8], kv["model"] or "-", "saved", "-", "-", "-", "-", "-", _age(_last_made(kv)), "-",
+        (key[:8], kv["model"] or "-", "saved", "-", "-", "-", "-", "-", _age(_last_made(kv)), "-", "-",
          _kv_cell(kv), "-")
         for key, kv in stopped.items()
     ]  # fmt: skip

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from orchestrator import admission, auth, llamaswap
+from orchestrator import admission, auth, llamaswap, placement
 from orchestrator import flags as flagmod
 from orchestrator.errors import ConfigError, FlagError, OrchestratorError
 from orchestrator.flags import Flag, FlagTable
@@ -74,6 +74,7 @@ class PoolSettings:
     memory_budget: str | None = None  # host memory for children: a size or a share; None: RAM - a reserve
     gpu_memory_budget: Mapping[str, str] = field(default_factory=dict)  # per device ("*": every GPU)
     prompt_cache_mib: int = 1024  # a child's --cache-ram when its flags set none (counted on the host)
+    placement: str = "spread"  # which GPUs a new child gets: spread | pack | off (see placement)
 
 
 @dataclass(frozen=True)
@@ -169,10 +170,12 @@ KNOWN_KEYS: Mapping[str, tuple[str, ...]] = {
     "pool.crash_loop": ("failures", "window_s", "max_backoff_s"),
     "kv_cache": tuple(f.name for f in dataclasses.fields(KvCacheSettings)),
     "models.NAME": (
-        "path", "flags", "aliases", "bin", "ttl_s", "allow_request_flags", "send_loading_state",
+        "path", "flags", "aliases", "bin", "ttl_s", "allow_request_flags", "send_loading_state", "devices",
         *_PLACEMENT_KEYS,
     ),
-    "agents.NAME": ("model", "flags", "allow_request_flags", "send_loading_state", *_PLACEMENT_KEYS),
+    "agents.NAME": (
+        "model", "flags", "allow_request_flags", "send_loading_state", "devices", *_PLACEMENT_KEYS
+    ),
 }
 
 
@@ -283,6 +286,20 @@ class _Table:
 
     def boolean(self, name: str, default: bool) -> bool:
         return self.value(name, "true or false", lambda v: isinstance(v, bool), default)
+
+    def placed_flags(self, table: FlagTable) -> tuple[Flag, ...]:
+        """A model's or agent's flags, with its ``devices`` (the GPUs it runs on) as their --device."""
+        flags = self.flags("flags", table)
+        if "devices" not in self.data:
+            return flags
+        devices = self.checked_strings("devices", placement.device_name_problem)
+        if any(flag.name in placement.PLACEMENT_FLAGS for flag in flags):
+            self.problem("devices", f"set either devices or the flags {', '.join(placement.PLACEMENT_FLAGS)}")
+        elif not self.data["devices"]:
+            self.problem("devices", 'expected at least one device name, e.g. ["CUDA1"]')
+        elif devices:
+            return (*flags, Flag("--device", (",".join(devices),)))
+        return flags
 
     def flags(self, name: str, table: FlagTable) -> tuple[Flag, ...]:
         try:
@@ -409,6 +426,10 @@ def parse_config(
         memory_budget=pool_t.checked_text("memory_budget", admission.size_problem),
         gpu_memory_budget=_gpu_budgets(pool_t),
         prompt_cache_mib=pool_t.integer("prompt_cache_mib", p.prompt_cache_mib, 0),
+        placement=pool_t.value(
+            "placement", f"one of {', '.join(placement.POLICIES)}", placement.POLICIES.__contains__,
+            p.placement,
+        ),
     )
 
     kv_t = document.table("kv_cache", KNOWN_KEYS["kv_cache"])
@@ -509,7 +530,7 @@ def _parse_models(
             name=name,
             path=str(path),
             identity=file_identity(path),
-            flags=table.flags("flags", flag_table),
+            flags=table.placed_flags(flag_table),
             aliases=table.strings("aliases"),
             bin=model_bin,
             ttl_s=table.optional_number("ttl_s", 0.0),
@@ -535,7 +556,7 @@ def _parse_agents(
         agents[name] = AgentConfig(
             name,
             model,
-            table.flags("flags", flag_table),
+            table.placed_flags(flag_table),
             table.boolean("allow_request_flags", False),
             _placement(table, None),
             _optional_boolean(table, "send_loading_state"),

@@ -165,6 +165,29 @@ class Footprint:
         return Footprint(devices, self.parts, self.source)
 
 
+def retarget(footprint: Footprint, devices: Sequence[str], shares: Sequence[int] = ()) -> Footprint:
+    """What a child measured on some GPUs uses on ``devices`` instead (split by ``shares``).
+
+    Weights and KV cache follow the layers, so they are shared out; each GPU that
+    runs layers has its own compute buffer, as large as the largest one measured.
+    The host's part stays as it was.
+    """
+    gpu_parts = {device: part for device, part in footprint.parts.items() if device != HOST}
+    if not gpu_parts:
+        gpu_parts = {d: {"model": amount} for d, amount in footprint.devices.items() if d != HOST}
+    if not gpu_parts or not devices:
+        return footprint  # nothing on a GPU to move
+    model = sum(part.get("model", 0) for part in gpu_parts.values())
+    context = sum(part.get("context", 0) for part in gpu_parts.values())
+    compute = max(part.get("compute", 0) for part in gpu_parts.values())
+    weights = list(shares) if len(shares) == len(devices) else [1] * len(devices)
+    parts = {HOST: dict(footprint.parts.get(HOST, {"model": footprint.devices.get(HOST, 0)}))}
+    for device, weight in zip(devices, weights, strict=True):
+        share = weight / sum(weights)
+        parts[device] = {"model": round(model * share), "context": round(context * share), "compute": compute}
+    return Footprint({d: sum(p.values()) for d, p in parts.items()}, parts, footprint.source)
+
+
 def _pad(cells: int) -> int:
     return max(CELL_PADDING, math.ceil(cells / CELL_PADDING) * CELL_PADDING)
 

@@ -77,6 +77,29 @@ def test_doctor_reports_a_working_binary_and_a_failing_one(
     assert "Traceback" not in err
 
 
+def test_doctor_prints_each_device_its_budget_and_a_sample_placement(
+    tmp_path: Path,
+    fake_binary: LlamaServerBinary,
+    fake_model: Callable[..., str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAKE_LLAMA_DEVICES", "CUDA0:24576:24000,CUDA1:12288:12000")
+    path = tmp_path / "doctor.toml"
+    path.write_text(
+        f'[llama_server]\nbin = "{fake_binary.path}"\n[pool]\nplacement = "pack"\n'
+        f'[models.m]\npath = "{fake_model("m")}"\n'
+        f'[models.pinned]\npath = "{fake_model("p")}"\ndevices = ["CUDA1"]\n'
+    )
+    assert main(["doctor", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "  CUDA0: 23.0 GiB of 24.0 GiB\n  CUDA1: 11.0 GiB of 12.0 GiB\n" in out
+    assert "sample placement (pool.placement = pack; each started in turn):" in out
+    assert "  m: CUDA1 (CUDA1 leaves it fullest (pack)" in out  # the smaller GPU: CUDA0 kept whole
+    assert "  pinned: as its flags say\n" in out
+    assert "ok: ready in" in out
+
+
 def test_ps_without_a_daemon_is_a_short_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ps", "--url", "http://127.0.0.1:9"]) == 1
     assert "cannot reach the daemon at http://127.0.0.1:9" in capsys.readouterr().err
@@ -105,13 +128,15 @@ async def test_ps_and_evict_against_a_running_daemon(
             "UP",
             "IDLE",
             "MEMORY",
+            "DEVICES",
             "KV-CACHE",
             "AGENTS",
         ]
         assert out[1].split()[1:3] == ["m", "ready"]
         assert sorted(out[1].split()[-1].split(",")) == ["coder", "m"]
         assert out[-1] == "1 sidecars, 0 evictions"  # no count cap: memory decides
-        assert out[1].split()[-3].startswith("Host:")  # what it counts against the host budget
+        assert out[1].split()[-4].startswith("Host:")  # what it counts against the host budget
+        assert out[1].split()[-3] == "cpu"  # no GPU here
         assert out[1].split()[-2] == "-"  # no KV cache saved yet: it has not been stopped
 
         assert await trio.to_thread.run_sync(partial(main, ["evict", "--url", url, "coder"])) == 0  # an agent

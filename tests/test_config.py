@@ -241,3 +241,43 @@ def test_keys_can_come_from_files_one_a_line_relative_to_the_config(tmp_path: Pa
     assert "server.api_keys_file: keys/api: expected keys of at least 16 characters each" in problems
     assert "short" not in problems  # a secret is never shown
     assert "server.admin_keys_file: cannot read nope: No such file or directory" in problems
+
+
+def test_devices_pin_a_model_or_agent_to_gpus_as_their_device_flag(tmp_path: Path, model_file: Path) -> None:
+    (tmp_path / "c.toml").write_text(
+        """
+[pool]
+placement = "pack"
+[models.m]
+path = "model.gguf"
+devices = ["CUDA1"]
+[agents.a]
+model = "m"
+flags = ["-c", "4096"]
+devices = ["CUDA0", "CUDA2"]
+"""
+    )
+    config = load_config(tmp_path / "c.toml")
+    assert config.pool.placement == "pack"
+    assert [(f.name, f.values) for f in config.models["m"].flags] == [("--device", ("CUDA1",))]
+    assert ("--device", ("CUDA0,CUDA2",)) in [(f.name, f.values) for f in config.agents["a"].flags]
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ('[pool]\nplacement = "fill"', "pool.placement: expected one of spread, pack, off, got 'fill'"),
+        ('[models.m]\npath = "model.gguf"\ndevices = ["CPU"]', "models.m.devices: 'CPU' is not a GPU's name"),
+        ('[models.m]\npath = "model.gguf"\ndevices = []', "models.m.devices: expected at least one device"),
+        ('[models.m]\npath = "model.gguf"\ndevices = "CUDA0"', "models.m.devices: expected a list of str"),
+        (
+            '[models.m]\npath = "model.gguf"\ndevices = ["CUDA0"]\nflags = ["--main-gpu", "1"]',
+            "models.m.devices: set either devices or the flags --device, --main-gpu",
+        ),
+    ],
+)
+def test_bad_placement_settings_are_named(tmp_path: Path, model_file: Path, lines: str, message: str) -> None:
+    (tmp_path / "c.toml").write_text(lines + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "c.toml")
+    assert message in str(caught.value)

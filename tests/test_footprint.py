@@ -9,6 +9,7 @@ import pytest
 from orchestrator import flags
 from orchestrator.footprint import (
     HOST,
+    Footprint,
     MiB,
     ModelFacts,
     Settings,
@@ -18,6 +19,7 @@ from orchestrator.footprint import (
     kv_cells,
     layer_devices,
     parse_breakdown,
+    retarget,
 )
 
 
@@ -140,3 +142,22 @@ def test_llama_servers_accounting_is_read_from_its_log() -> None:
     assert learned.parts["CUDA0"] == {"model": 12000 * MiB, "context": 600 * MiB, "compute": 300 * MiB}
     assert learned.devices == {"CUDA0": 12900 * MiB, HOST: 292 * MiB}  # the load's table, not the exit's
     assert parse_breakdown(["no accounting here"]) is None
+
+
+def test_a_learned_footprint_follows_the_gpus_placement_chooses() -> None:
+    def parts(model: int, context: int, compute: int) -> dict[str, int]:
+        return {"model": model * MiB, "context": context * MiB, "compute": compute * MiB}
+
+    learned = Footprint(
+        {HOST: 120 * MiB, "CUDA0": 1500 * MiB},
+        {HOST: parts(100, 10, 10), "CUDA0": parts(1000, 300, 200)},
+        "learned",
+    )
+    moved = retarget(learned, ["CUDA1"])
+    assert moved.devices == {HOST: 120 * MiB, "CUDA1": 1500 * MiB} and moved.source == "learned"
+    split = retarget(learned, ["CUDA0", "CUDA1"], [3, 1])
+    assert split.parts["CUDA0"] == parts(750, 225, 200)  # weights and cache by the split
+    assert split.parts["CUDA1"] == parts(250, 75, 200)  # each GPU its own compute buffer
+    assert retarget(split, ["CUDA2"]).devices["CUDA2"] == 1500 * MiB  # and back onto one
+    host_only = Footprint({HOST: 500 * MiB}, {HOST: parts(400, 50, 50)}, "learned")
+    assert retarget(host_only, ["CUDA1"]) == host_only  # nothing on a GPU to move

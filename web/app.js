@@ -128,8 +128,11 @@ function updateSidecarRow(row, s) {
   const kv = kvCache(s.kv_cache);
   values.kv = kv.text;
   const counted = Object.entries(s.memory?.counted_mib ?? {}).map(([device, size]) => `${device} ${mib(size)}`).join(", ");
+  const devices = s.memory?.devices ?? [];
   const rssTitle = `resident memory (RSS) of this child's whole process tree, measured every 2 s` +
-    (counted ? `; it counts for ${counted} against the memory budget (see Memory below)` : "");
+    (counted ? `; it counts for ${counted} against the memory budget (see Memory below)` : "") +
+    (devices.length ? `; it runs on ${devices.join(", ")}` : "") +
+    (s.memory?.placement ? ` (${s.memory.placement})` : "");
   for (const cell of row.children) {
     const field = cell.dataset.field;
     if (field === "memory" && cell.title !== rssTitle) cell.title = rssTitle;

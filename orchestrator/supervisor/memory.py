@@ -14,6 +14,7 @@ process tree (and nvidia-smi's, where there is one) counts when it is larger.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,17 +22,20 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import psutil
 import trio
 
-from orchestrator import admission
+from orchestrator import admission, placement
 from orchestrator.config import Config, file_identity
 from orchestrator.devices import Device, list_devices
-from orchestrator.footprint import HOST, Footprint, ModelFacts, Settings, estimate, host_extras
+from orchestrator.footprint import HOST, Footprint, ModelFacts, Settings, estimate, host_extras, retarget
 from orchestrator.ggufheader import GgufError, read_facts
+from orchestrator.placement import Choice, Layout
 from orchestrator.procgroup import process_family
 from orchestrator.routing import LlamaServerBinary, RouteTable, SidecarSpec
 
@@ -40,6 +44,7 @@ log = logging.getLogger("orchestrator.supervisor.memory")
 LEARNING_ARGV = ("--verbosity", "4")  # llama-server prints its memory accounting at this level
 STORE_NAME = "footprints.json"
 DECISIONS_KEPT = 20  # the latest admission decisions, for /api/memory
+NEEDS_KEPT = 1024  # needs remembered by (key, layout); per-request flags could make keys without end
 
 
 def _mib(devices: Mapping[str, int]) -> dict[str, int]:
@@ -160,12 +165,15 @@ class MemoryPlanner:
     _devices: dict[str, list[Device]] = field(default_factory=dict)  # by binary path
     _facts: dict[str, ModelFacts | None] = field(default_factory=dict)  # by model file identity
     _current: dict[str, dict[str, int]] = field(default_factory=dict)  # by key: measured now
+    # Needs by (key, layout): placement weighs several layouts per decision, /api/fleet every model.
+    _needs: dict[tuple[str, Layout], Need] = field(default_factory=dict)
 
     # -- learning about the machine and the models (blocking: run in a thread) --------------
 
     def discover(self, routes: RouteTable) -> None:
         """The GPUs each binary sees and the GGUF facts of each model (blocking: run in a thread)."""
         self.config = routes.config
+        self._needs.clear()  # budgets and facts may change with the configuration
         for route in routes.routes():
             binary = route.binary
             if binary.path not in self._devices:
@@ -235,21 +243,86 @@ class MemoryPlanner:
 
     # -- a child's need -----------------------------------------------------------------------
 
-    def need(self, spec: SidecarSpec) -> Need:
+    def need(self, spec: SidecarSpec, layout: Layout = placement.UNPLACED) -> Need:
+        """What a child of ``spec`` needs on ``layout`` (empty: where its own flags put it)."""
+        cached = self._needs.get((spec.key, layout))
+        if cached is not None:
+            return cached
         facts = self._facts.get(self._identity(spec.model_path))
         settings = Settings.of(spec.flags, facts.n_ctx_train if facts else 4096)
-        gpus = [
-            (device.name, self.budgets().get(device.name, device.total_bytes))
-            for device in self.gpus(spec.binary)
-        ]
+        if layout.devices:
+            settings = dataclasses.replace(settings, devices=layout.devices)
+            gpus = list(zip(layout.devices, layout.shares or (1,), strict=True))
+        else:
+            budgets = self.budgets()
+            gpus = [(d.name, budgets.get(d.name, d.total_bytes)) for d in self.gpus(spec.binary)]
         if facts is not None:
             estimated = estimate(facts, settings, gpus)
         else:
             estimated = Footprint({HOST: self._file_size(spec.model_path)}, source="file size")
         learned = self.store.get(spec.key)
+        if learned is not None and layout.devices:
+            learned = retarget(learned, layout.devices, layout.shares)
         base = learned or estimated
         devices = dict(base.plus(HOST, host_extras(facts, settings)).devices)
-        return Need(devices, base.source, estimated, learned)
+        if len(self._needs) >= NEEDS_KEPT:
+            self._needs.clear()
+        need = self._needs[(spec.key, layout)] = Need(devices, base.source, estimated, learned)
+        return need
+
+    def placeable(self, spec: SidecarSpec, knows: Callable[[str], bool]) -> list[str]:
+        """The GPUs the pool may choose among for ``spec`` (none: its placement is not the pool's)."""
+        gpus = [device.name for device in self.gpus(spec.binary)]
+        if self.config.pool.placement == "off" or not gpus or not knows("--device"):
+            return []
+        if any(spec.sets(name) for name in placement.PLACEMENT_FLAGS):
+            return []  # the user placed it
+        settings = Settings.of(spec.flags, 0)
+        if settings.gpu_layers == 0 or any(not d.upper().startswith("CPU") for _p, d in settings.overrides):
+            return []  # nothing on a GPU, or tensors sent to named devices by hand
+        return gpus
+
+    def sample_placement(self, routes: RouteTable) -> list[tuple[str, Choice]]:
+        """Where each configured model and agent would go if all were started in turn, none stopped."""
+        residents: list[admission.Resident] = []
+        placed: list[tuple[str, Choice]] = []
+        for route in routes.routes():
+            spec = routes.resolve(route.name)
+            if route.kind == "alias" or any(r.key == spec.key for r in residents):
+                continue
+            choice = self.place(spec, partial(routes.binary_knows, spec.binary), residents, 0)
+            placed.append((route.name, choice))
+            if choice.decision.kind == "admit":  # busy, so that nothing is stopped for the next
+                residents.append(admission.Resident(spec.key, choice.need, idle=False))
+        return placed
+
+    def devices_of(self, spec: SidecarSpec) -> list[str]:
+        """The GPUs a child of ``spec`` runs on: its --device (placement's or the user's), else all."""
+        chosen = [value for flag, value in pairwise(spec.extra_argv) if flag == "--device"]
+        settings = Settings.of(spec.flags, 0)
+        if chosen:
+            return [device for device in chosen[-1].split(",") if device != "none"]
+        if settings.gpu_layers == 0:
+            return []
+        allowed = settings.devices
+        return [d.name for d in self.gpus(spec.binary) if allowed is None or d.name in allowed]
+
+    def place(
+        self,
+        spec: SidecarSpec,
+        knows: Callable[[str], bool],
+        residents: list[admission.Resident],
+        max_count: int,
+    ) -> Choice:
+        """Where a child of ``spec`` would go now, and admission's decision about it there."""
+        return placement.choose(
+            self.config.pool.placement,
+            self.placeable(spec, knows),
+            lambda layout: self.need(spec, layout).devices,
+            residents,
+            self.budgets(),
+            max_count=max_count,
+        )
 
     def current(self, key: str, need: Need) -> dict[str, int]:
         """What a live child counts for now: its need, or what it was measured using when more."""
@@ -293,6 +366,7 @@ class MemoryPlanner:
         if measured is None:
             return False  # it printed no accounting (an old build, or it was not asked to)
         self.store.put(spec.key, spec.binary, measured, rss)
+        self._needs = {k: v for k, v in self._needs.items() if k[0] != spec.key}
         estimated = self.need(spec).estimate
         log.info(
             "learned what %s uses: %s (the estimate was %s)",

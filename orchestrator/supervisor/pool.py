@@ -41,6 +41,7 @@ from orchestrator.errors import (
     SpawnError,
 )
 from orchestrator.footprint import Footprint
+from orchestrator.placement import Choice
 from orchestrator.policy import CrashHistory, Failure, Occupant, State, StopReason
 from orchestrator.procgroup import child_environment
 from orchestrator.routing import CHILD_HOST, RouteTable, SidecarSpec
@@ -131,9 +132,10 @@ class ChildGuard(Protocol):
 class _Tenancy:
     """The pool's bookkeeping about one live sidecar: its leases and the requests waiting for it."""
 
-    def __init__(self, sidecar: SidecarLike, need: Need) -> None:
+    def __init__(self, sidecar: SidecarLike, need: Need, placed: Choice) -> None:
         self.sidecar = sidecar
         self.need = need  # what admission counts it for
+        self.placed = placed  # the GPUs it was given, and why
         self.in_flight = 0
         self.waiting = 0  # requests waiting for it: to become ready, or for a free slot
         self.queue: deque[object] = deque()  # those waiting for a slot, first come first served
@@ -237,7 +239,8 @@ class Pool:
             tenancy = self._live.get(spec.key)
             if tenancy is None:
                 self._refuse_while_backing_off(spec)
-                tenancy = await self._make_room(spec, deadline) or self._spawn(spec)
+                room = await self._make_room(spec, deadline)
+                tenancy = room if isinstance(room, _Tenancy) else self._spawn(spec, room)
             sidecar = tenancy.sidecar
             if sidecar.state is State.STARTING:
                 # Counted as waiting, the child is not evicted before its waiters could use it.
@@ -304,19 +307,21 @@ class Pool:
             f"{sidecar.spec.model} stayed busy for {wait:g} s (pool.capacity_wait_s)", retry_after_s=1
         )
 
-    async def _make_room(self, spec: SidecarSpec, deadline: float) -> _Tenancy | None:
-        """Wait until ``spec``'s child fits the memory budgets and the count cap (see admission).
+    async def _make_room(self, spec: SidecarSpec, deadline: float) -> _Tenancy | Choice:
+        """Wait until ``spec``'s child fits the memory budgets and the count cap (see admission)
+        on the GPUs placement chooses for it; return that choice.
 
         Stops idle children to make room; waits (bounded) while busy ones hold it;
         refuses at once what can never fit. Returns the tenancy of a sidecar for
-        ``spec`` if another request spawned one meanwhile.
+        ``spec`` instead if another request spawned one meanwhile.
         """
-        need = self.memory.need(spec)
         while True:
             existing = self._live.get(spec.key)
             if existing is not None:
                 return existing
-            decision = self.room_for(spec)
+            placed = self._place(spec)
+            decision = placed.decision
+            need = self.memory.need(spec, placed.layout)
             self.memory.decisions.append(
                 {
                     "at": time.time(),
@@ -324,11 +329,13 @@ class Pool:
                     "key": spec.key,
                     "decision": decision.kind,
                     "reason": decision.reason,
+                    "devices": list(placed.layout.devices),
+                    "placement": placed.why,
                     **need.to_json(),
                 }
             )
             if isinstance(decision, admission.Admit):
-                return None
+                return placed
             if isinstance(decision, admission.NeverFits):
                 raise InsufficientMemoryError(
                     f"{spec.model} cannot start: {decision.reason}. Its need ({need.source}): "
@@ -401,17 +408,17 @@ class Pool:
 
     # -- spawning ------------------------------------------------------------
 
-    def _spawn(self, spec: SidecarSpec) -> _Tenancy:
+    def _spawn(self, spec: SidecarSpec, placed: Choice) -> _Tenancy:
         assert self._nursery is not None, "Pool.run() is not running"
         restarts = self._spawns.get(spec.key, 0)
         self._spawns[spec.key] = restarts + 1
-        need = self.memory.need(spec)
+        need = self.memory.need(spec, placed.layout)
         knows = partial(self.routes.binary_knows, spec.binary)
-        extra = () if self.kv is None else self.kv.start_argv(spec, knows)
+        extra = placed.layout.argv() + (() if self.kv is None else self.kv.start_argv(spec, knows))
         extra += self.memory.start_argv(spec, knows)
         spec = dataclasses.replace(spec, extra_argv=extra)  # this start only, not the key
         sidecar = self._make_sidecar(spec, restarts, self._on_sidecar_event)
-        tenancy = self._live[spec.key] = _Tenancy(sidecar, need)
+        tenancy = self._live[spec.key] = _Tenancy(sidecar, need, placed)
         self._publish(sidecar, Spawned, restarts=restarts)
         self._nursery.start_soon(self._own, tenancy)
         return tenancy
@@ -569,7 +576,7 @@ class Pool:
     def _learn(self, tenancy: _Tenancy) -> None:
         sidecar = tenancy.sidecar
         if self.memory.record(sidecar.spec, sidecar.measured, sidecar.pid):
-            tenancy.need = self.memory.need(sidecar.spec)
+            tenancy.need = self.memory.need(sidecar.spec, tenancy.placed.layout)
             assert self._nursery is not None
             self._nursery.start_soon(self.memory.save)
 
@@ -691,10 +698,12 @@ class Pool:
 
     def room_for(self, spec: SidecarSpec) -> admission.Decision:
         """Whether a child of ``spec`` could start now (see admission); nothing is done about it."""
-        return admission.plan(
-            self.memory.need(spec).devices, self._residents(), self.memory.budgets(),
-            self._pool_settings.max_sidecars,
-        )  # fmt: skip
+        return self._place(spec).decision
+
+    def _place(self, spec: SidecarSpec) -> Choice:
+        """Where a child of ``spec`` would go now (see placement), and whether it fits there."""
+        knows = partial(self.routes.binary_knows, spec.binary)
+        return self.memory.place(spec, knows, self._residents(), self._pool_settings.max_sidecars)
 
     def leases(self, key: str) -> tuple[int, int]:
         """(requests in flight, requests waiting) for the live sidecar ``key``; (0, 0) if none."""
@@ -714,7 +723,12 @@ class Pool:
         memory = (
             None
             if tenancy is None
-            else {**tenancy.need.to_json(), "counted_mib": self.counted_mib(sidecar.key)}
+            else {
+                **tenancy.need.to_json(),
+                "counted_mib": self.counted_mib(sidecar.key),
+                "devices": self.memory.devices_of(sidecar.spec),
+                "placement": tenancy.placed.why or None,
+            }
         )
         kv_cache = None if self.kv is None else self.kv.describe(sidecar.key)
         return {

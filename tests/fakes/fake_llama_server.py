@@ -18,7 +18,10 @@ JSON object:
     sigterm_waits_s     on SIGTERM, wait up to this long for clients to close their
                         connections first, as llama-server does, and say if any stayed open
     breakdown           {"Host": [model, context, compute], "CUDA0": [...]} in MiB: printed as
-                        llama-server's memory accounting while loading, at --verbosity 4
+                        llama-server's memory accounting while loading, at --verbosity 4; with
+                        ``--device A,B`` the GPU rows together are put on those devices instead
+                        (model and context shared by ``--tensor-split``, else by free memory;
+                        compute on each), as llama.cpp splits layers
     metrics_delay_s     wait this long before answering GET /metrics
     cached_tokens       once it has answered a request, slot 0 holds this many tokens (GET /slots'
                         n_prompt_tokens), as llama-server's cache of that prompt
@@ -468,6 +471,30 @@ def devices() -> list[tuple[str, int, int]]:
     return found
 
 
+def placed(breakdown: dict[str, list[int]], argv: list[str]) -> dict[str, list[int]]:
+    """The breakdown on the devices ``--device`` names, split by ``--tensor-split`` (see the docstring)."""
+    chosen = [d for d in option(argv, "--device", "").split(",") if d and d != "none"]
+    gpu_rows = [row for device, row in breakdown.items() if device != "Host"]
+    if not chosen or not gpu_rows:
+        return breakdown
+    free = {name: free for name, _total, free in devices()}
+    split = option(argv, "--tensor-split", "")
+    shares = [float(s) for s in split.split(",")] if split else [free.get(d, 1) for d in chosen]
+    model, context = sum(row[0] for row in gpu_rows), sum(row[1] for row in gpu_rows)
+    compute = max(row[2] for row in gpu_rows)
+    result = {"Host": breakdown.get("Host", [0, 0, 0])}
+    for device, share in zip(chosen, shares, strict=True):
+        part = share / sum(shares)
+        result[device] = [round(model * part), round(context * part), compute]
+    return result
+
+
+def option(argv: list[str], name: str, default: str) -> str:
+    """The last value of ``name`` on the command line."""
+    values = [argv[i + 1] for i, token in enumerate(argv[:-1]) if token == name]
+    return values[-1] if values else default
+
+
 def print_breakdown(breakdown: dict[str, list[int]]) -> None:
     """The accounting llama-server prints while loading at --verbosity 4, in its format."""
     prefix = "common_memory_breakdown_print: |"
@@ -536,7 +563,7 @@ def main(argv: list[str]) -> int:
     time.sleep(float(behaviour.get("load_s", 0)))
     verbosity = next((argv[i + 1] for i, t in enumerate(argv[:-1]) if t in ("--verbosity", "-lv")), "3")
     if "breakdown" in behaviour and int(verbosity) >= 4:
-        print_breakdown(behaviour["breakdown"])
+        print_breakdown(placed(behaviour["breakdown"], argv))
     if behaviour.get("exit_during_load") is not None:
         log("fake: failed to load model")
         return int(behaviour["exit_during_load"])

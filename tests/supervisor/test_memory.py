@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +53,19 @@ def test_learned_footprints_survive_on_disk(tmp_path: Path, fake_binary: LlamaSe
     assert LearnedStore(tmp_path / "broken.json").get("k") is None  # unreadable: forgotten, not fatal
 
 
-def three_models(fake_model: Callable[..., str]) -> dict[str, dict[str, str]]:
-    """Fake models that say (at --verbosity 4) they use 9.5, 10.5 and 21.5 GiB of CUDA0."""
+def three_models(fake_model: Callable[..., str]) -> dict[str, dict[str, Any]]:
+    """Fake models on CUDA0 (their config says so) that say (at --verbosity 4) they use 9.5, 10.5
+    and 21.5 GiB of it."""
     return {
-        name: {"path": fake_model(name, breakdown={"Host": [100, 10, 10], "CUDA0": [weights, 1000, 500]})}
+        name: {
+            "path": fake_model(name, breakdown={"Host": [100, 10, 10], "CUDA0": [weights, 1000, 500]}),
+            "devices": ["CUDA0"],
+        }
         for name, weights in (("ga", 8000), ("gb", 9000), ("gc", 20000))
     }
 
 
-def model_config(tmp_path: Path, models: dict[str, dict[str, str]], cuda0_budget: str) -> Any:
+def model_config(tmp_path: Path, models: dict[str, dict[str, Any]], cuda0_budget: str) -> Any:
     pool = {"prompt_cache_mib": 0, "gpu_memory_budget": {"CUDA0": cuda0_budget}}
     return make_config(tmp_path, {name: dict(model) for name, model in models.items()}, pool=pool)
 
@@ -95,6 +100,131 @@ async def test_what_children_report_per_device_is_learned_and_used_after_a_resta
         assert cuda0["children"] == [{"key": gb["key"], "model": "gb", "mib": 10500}]
         assert memory["decisions"][-1]["decision"] == "never_fits"
         assert [s["model"] for s in (await client.get(f"{url}/api/sidecars")).json()["sidecars"]] == ["gb"]
+
+
+# -- placement on the fake's GPUs -----------------------------------------------------------------
+
+TWO_GPUS = "CUDA0:24576:24000,CUDA1:24576:24000"  # budgets 23 GiB each
+FOUR_GPUS = ",".join(f"CUDA{i}:12288:12000" for i in range(4))  # budgets 11 GiB each
+
+
+def gpu_models(fake_model: Callable[..., str]) -> dict[str, dict[str, Any]]:
+    """Fake models of 10, 10, 14 and 30 GiB on a GPU (what they say at --verbosity 4, wherever they run)."""
+    return {
+        name: {"path": fake_model(name, breakdown={"Host": [100, 10, 10], "CUDA0": [gib * 1024 - 1500, 1000, 500]})}  # noqa: E501
+        for name, gib in (("a", 10), ("b", 10), ("c", 14), ("big", 30))
+    }
+
+
+def placement_config(tmp_path: Path, models: dict[str, dict[str, Any]], policy: str) -> Any:
+    pool = {"prompt_cache_mib": 0, "placement": policy}
+    return make_config(tmp_path, {name: dict(model) for name, model in models.items()}, pool=pool)
+
+
+@asynccontextmanager
+async def placement_daemon(
+    tmp_path: Path, models: dict[str, dict[str, Any]], policy: str, binary: LlamaServerBinary
+) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
+    config = placement_config(tmp_path, models, policy)
+    async with running_daemon(config, binary) as (url, _daemon), httpx.AsyncClient(timeout=30) as client:
+        yield url, client
+
+
+async def learn(tmp_path: Path, models: dict[str, dict[str, Any]], binary: LlamaServerBinary) -> None:
+    """A first daemon that starts each model once, learning what it uses (the pool's state dir keeps it)."""
+    async with placement_daemon(tmp_path, models, "spread", binary) as (url, client):
+        for name in models:
+            loaded = (await client.post(f"{url}/api/models/{name}/load")).json()["sidecar"]
+            assert loaded["memory"]["source"] == "learned", loaded["memory"]
+            await client.post(f"{url}/api/sidecars/{loaded['key']}/evict")
+
+
+def placed(sidecar: dict[str, Any]) -> tuple[str, ...]:
+    """The placement flags on a child's command line, with their values."""
+    argv = sidecar["argv"]
+    return tuple(
+        token
+        for flag, value in pairwise(argv)
+        if flag in ("--device", "--tensor-split")
+        for token in (flag, value)
+    )
+
+
+async def load(client: httpx.AsyncClient, url: str, name: str) -> dict[str, Any]:
+    answer = await client.post(f"{url}/api/models/{name}/load")
+    assert answer.status_code == 200, answer.text
+    return answer.json()["sidecar"]  # type: ignore[no-any-return]
+
+
+async def live(client: httpx.AsyncClient, url: str) -> dict[str, dict[str, Any]]:
+    return {s["model"]: s for s in (await client.get(f"{url}/api/sidecars")).json()["sidecars"]}
+
+
+async def test_spread_puts_two_one_gpu_models_on_different_gpus_and_evicts_only_on_the_gpu_it_needs(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    binary = dataclasses.replace(fake_binary, env={"FAKE_LLAMA_DEVICES": TWO_GPUS})
+    models = gpu_models(fake_model)
+    await learn(tmp_path, models, binary)
+    async with placement_daemon(tmp_path, models, "spread", binary) as (url, client):
+        a, b = await load(client, url, "a"), await load(client, url, "b")
+        assert placed(a) == ("--device", "CUDA0") and placed(b) == ("--device", "CUDA1")
+        assert a["memory"]["devices"] == ["CUDA0"] and b["memory"]["devices"] == ["CUDA1"]
+        assert set(b["memory"]["counted_mib"]) == {HOST, "CUDA1"}  # counted on its GPU only
+        assert "has the most free memory (spread)" in b["memory"]["placement"]
+        # 14 GiB fits neither GPU beside a 10 GiB child: one of them stops, the other stays.
+        c = await load(client, url, "c")
+        (device,) = c["memory"]["devices"]
+        running = await live(client, url)
+        assert set(running) == {"c", "b" if device == "CUDA0" else "a"}
+        decision = (await client.get(f"{url}/api/memory")).json()["decisions"][-1]
+        assert decision["devices"] == [device] and device in decision["placement"]
+
+
+async def test_pack_fills_one_gpu_and_splits_what_no_gpu_holds_over_two(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    binary = dataclasses.replace(fake_binary, env={"FAKE_LLAMA_DEVICES": TWO_GPUS})
+    models = gpu_models(fake_model)
+    await learn(tmp_path, models, binary)
+    async with placement_daemon(tmp_path, models, "pack", binary) as (url, client):
+        a, b = await load(client, url, "a"), await load(client, url, "b")
+        assert placed(a) == placed(b) == ("--device", "CUDA0")  # 10 + 10 GiB: both fit there
+        big = await load(client, url, "big")  # 30 GiB: more than any one GPU's 23
+        device_flag, tensor_split = placed(big)[1], placed(big)[3]
+        assert device_flag == "CUDA0,CUDA1" and len(tensor_split.split(",")) == 2
+        counted = big["memory"]["counted_mib"]
+        assert counted["CUDA0"] > 1024 and counted["CUDA1"] > 1024  # its need on both
+        assert counted["CUDA0"] + counted["CUDA1"] >= 30 * 1024
+        assert "no single GPU" in big["memory"]["placement"]
+        # The fake, like llama.cpp, put its layers where it was told: what it said is on both GPUs.
+        assert set(big["memory"]["learned_mib"]) == {HOST, "CUDA0", "CUDA1"}
+
+
+async def test_four_gpus_split_a_big_model_over_the_fewest_and_a_pinned_model_stays_on_its_gpu(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    binary = dataclasses.replace(fake_binary, env={"FAKE_LLAMA_DEVICES": FOUR_GPUS})
+    models = gpu_models(fake_model)
+    del models["c"]
+    models["pinned"] = {"path": models["a"]["path"], "devices": ["CUDA3"]}
+    await learn(tmp_path, {name: models[name] for name in ("a", "big")}, binary)
+    async with placement_daemon(tmp_path, models, "spread", binary) as (url, client):
+        big = await load(client, url, "big")  # 30 GiB over 11 GiB GPUs: three of them
+        assert placed(big)[:2] == ("--device", "CUDA0,CUDA1,CUDA2")
+        assert big["memory"]["devices"] == ["CUDA0", "CUDA1", "CUDA2"]
+        pinned = await load(client, url, "pinned")
+        assert placed(pinned) == ("--device", "CUDA3")  # its own flag: the pool added none
+        assert pinned["argv"].count("--device") == 1
+        assert pinned["memory"]["devices"] == ["CUDA3"] and pinned["memory"]["placement"] is None
+        # The same file unpinned goes where spread finds the most room: CUDA3, once free.
+        await client.post(f"{url}/api/sidecars/{pinned['key']}/evict")
+        a = await load(client, url, "a")
+        assert placed(a) == ("--device", "CUDA3")
+        # The pinned one still runs on CUDA3 only: the child there makes room, the big one stays.
+        pinned = await load(client, url, "pinned")
+        assert pinned["memory"]["devices"] == ["CUDA3"]
+        assert set(await live(client, url)) == {"big", "pinned"}
 
 
 # -- the real binary, two real models --------------------------------------------------------
