@@ -203,6 +203,12 @@ def _memory_cell(memory: dict[str, Any] | None) -> str:
     return " ".join(f"{device}:{_short(mib * admission.MiB)}" for device, mib in counted.items()) or "-"
 
 
+def _short_key(key: str) -> str:
+    """A key as ps shows it: its start, and a copy's number ("3f2a9c1b.2")."""
+    base, dot, copy = key.partition(".")
+    return f"{base[:8]}{dot}{copy}"
+
+
 def _devices_cell(memory: dict[str, Any] | None) -> str:
     """The GPUs a child runs on ("cpu": none)."""
     if not memory:
@@ -230,7 +236,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
     ]  # fmt: skip
     rows += [
         (
-            s["key"][:8], s["model"], s["state"], str(s["port"]), str(s["pid"]), str(s["in_flight"]),
+            _short_key(s["key"]), s["model"], s["state"], str(s["port"]), str(s["pid"]), str(s["in_flight"]),
             str(s["restarts"]), _age(s["started_at"]), _age(s["last_used"]), _memory_cell(s.get("memory")),
             _devices_cell(s.get("memory")), _kv_cell(s.get("kv_cache")), ",".join(s["agents"]) or "-",
         )

@@ -75,6 +75,10 @@ class PoolSettings:
     gpu_memory_budget: Mapping[str, str] = field(default_factory=dict)  # per device ("*": every GPU)
     prompt_cache_mib: int = 1024  # a child's --cache-ram when its flags set none (counted on the host)
     placement: str = "spread"  # which GPUs a new child gets: spread | pack | off (see placement)
+    # A request that has waited this long for a slot of a model with replicas_max > 1 starts
+    # another copy of its child, if one fits without stopping anything busy.
+    replica_wait_s: float = 2.0
+    replica_idle_ttl_s: float = 60.0  # a copy beyond the first stops once idle this long (0: as the first)
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class Placement:
     pin: bool = False  # never stopped for room or idleness (only by hand, reload or shutdown)
     priority: int = 0  # among idle children, lower priorities are stopped first
     preload: bool = False  # started when the daemon starts (pinned ones always are)
+    replicas_max: int = 1  # copies of its child the pool may run when requests queue for it
 
 
 @dataclass(frozen=True)
@@ -161,7 +166,7 @@ def file_identity(path: Path) -> str:
 T = TypeVar("T")
 
 _SECTIONS = ("server", "llama_server", "pool", "kv_cache", "models", "agents")
-_PLACEMENT_KEYS = ("pin", "priority", "preload")
+_PLACEMENT_KEYS = ("pin", "priority", "preload", "replicas_max")
 # Every key a configuration may have, by table (the one list the parser and the docs' test read).
 KNOWN_KEYS: Mapping[str, tuple[str, ...]] = {
     "server": tuple(f.name for f in dataclasses.fields(ServerSettings)),
@@ -430,6 +435,8 @@ def parse_config(
             "placement", f"one of {', '.join(placement.POLICIES)}", placement.POLICIES.__contains__,
             p.placement,
         ),
+        replica_wait_s=pool_t.number("replica_wait_s", p.replica_wait_s, 0.0),
+        replica_idle_ttl_s=pool_t.number("replica_idle_ttl_s", p.replica_idle_ttl_s, 0.0),
     )
 
     kv_t = document.table("kv_cache", KNOWN_KEYS["kv_cache"])
@@ -468,13 +475,14 @@ def _gpu_budgets(pool_t: _Table) -> dict[str, str]:
 
 
 def _placement(table: _Table, default: Placement | None) -> Placement | None:
-    if not any(name in table.data for name in ("pin", "priority", "preload")):
+    if not any(name in table.data for name in _PLACEMENT_KEYS):
         return default
     base = default or Placement()
     return Placement(
         pin=table.boolean("pin", base.pin),
         priority=table.value("priority", "an integer", _is_int, base.priority),
         preload=table.boolean("preload", base.preload),
+        replicas_max=table.integer("replicas_max", base.replicas_max, 1),
     )
 
 

@@ -1,4 +1,4 @@
-"""Pool policy: a sidecar's states, which children are idle, idle TTLs, crash loops, health verdicts.
+"""Pool policy: a sidecar's states, which children are idle, idle TTLs, copies, crash loops, health verdicts.
 
 Pure functions over small views of the pool, so the rules are tested without
 processes, sockets or clocks.
@@ -81,6 +81,27 @@ def expired(occupants: Iterable[Occupant], now: float) -> list[str]:
 def next_expiry(occupants: Iterable[Occupant]) -> float | None:
     """When the next idle child will reach its TTL, if any."""
     return min((o.last_used + o.idle_ttl_s for o in occupants if _expires(o)), default=None)
+
+
+def copy_wanted(
+    copies: Sequence[tuple[Occupant, int]], replicas_max: int, waited_s: float, after_s: float
+) -> bool:
+    """Whether a busy child deserves one more copy (``copies``: each copy and its request limit).
+
+    Only when every copy is ready and serving all it can, a request has waited ``after_s``
+    for a slot, and there are fewer than ``replicas_max`` copies: a copy still starting
+    will take the queue soon, and a free slot anywhere serves it sooner than a new child.
+    """
+    return (
+        0 < len(copies) < replicas_max
+        and waited_s >= after_s
+        and all(o.state is State.READY and o.in_flight >= limit for o, limit in copies)
+    )
+
+
+def shortest_ttl(*ttls: float) -> float:
+    """The shortest of idle TTLs, where 0 means never."""
+    return min((ttl for ttl in ttls if ttl > 0), default=0.0)
 
 
 @dataclass(frozen=True)

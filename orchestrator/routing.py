@@ -57,6 +57,12 @@ class SidecarSpec:
     # model file's path. Not part of the key (a name added by a reload does not restart it).
     names: tuple[str, ...] = ()
     identity: str = ""  # the model's and binary's (see Route.identity): what its saved KV cache is of
+    copy_of: str = ""  # a second (third...) copy of a busy child: the first one's key (see pool)
+
+    @property
+    def config_key(self) -> str:
+        """The key of what it runs (model, flags, binary): the same for every copy."""
+        return self.copy_of or self.key
 
     def argv(self, port: int) -> list[str]:
         # Explicit flags go last: llama.cpp's last-wins parsing lets them win anyway.
@@ -189,6 +195,7 @@ class RouteTable:
                 pin=any(p.pin for p in placements),
                 priority=max(p.priority for p in placements),
                 preload=any(p.preload for p in placements),
+                replicas_max=max(p.replicas_max for p in placements),
             )
             for key, placements in by_key.items()
         }

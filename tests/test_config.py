@@ -263,6 +263,28 @@ devices = ["CUDA0", "CUDA2"]
     assert ("--device", ("CUDA0,CUDA2",)) in [(f.name, f.values) for f in config.agents["a"].flags]
 
 
+def test_replicas_max_and_the_copy_settings(tmp_path: Path, model_file: Path) -> None:
+    (tmp_path / "c.toml").write_text(
+        """
+[pool]
+replica_wait_s = 5
+replica_idle_ttl_s = 0
+[models.m]
+path = "model.gguf"
+replicas_max = 3
+[agents.a]
+model = "m"
+"""
+    )
+    config = load_config(tmp_path / "c.toml")
+    assert (config.pool.replica_wait_s, config.pool.replica_idle_ttl_s) == (5, 0)
+    assert config.models["m"].placement.replicas_max == 3
+    assert config.agents["a"].placement is None  # the model's
+    (tmp_path / "c.toml").write_text('[models.m]\npath = "model.gguf"\nreplicas_max = 0\n')
+    with pytest.raises(ConfigError, match=r"models.m.replicas_max: expected an integer >= 1, got 0"):
+        load_config(tmp_path / "c.toml")
+
+
 @pytest.mark.parametrize(
     ("lines", "message"),
     [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator import policy
-from orchestrator.policy import Occupant, State
+from orchestrator.policy import Occupant, State, copy_wanted, shortest_ttl
 
 
 def occupant(
@@ -109,3 +109,30 @@ def test_crash_history_forgets_quiet_keys_but_not_one_that_backs_off() -> None:
 )
 def test_a_sidecars_life_only_moves_forward(current: State, allowed: set[State]) -> None:
     assert {state for state in State if policy.can_move(current, state)} == allowed
+
+
+def serving(state: State = State.READY, in_flight: int = 1) -> Occupant:
+    return occupant("k", 0.0, state, in_flight)
+
+
+@pytest.mark.parametrize(
+    ("copies", "replicas_max", "waited_s", "wanted"),
+    [
+        ([(serving(), 1)], 2, 2.0, True),  # full, waited long enough, room for one more
+        ([(serving(), 1)], 2, 1.9, False),  # not long enough
+        ([(serving(), 1)], 1, 60.0, False),  # no copies allowed
+        ([(serving(), 1), (serving(), 1)], 2, 60.0, False),  # at replicas_max
+        ([(serving(), 1), (serving(), 1)], 3, 2.0, True),
+        ([(serving(in_flight=1), 2)], 2, 60.0, False),  # a free slot: it serves the queue sooner
+        ([(serving(), 1), (serving(State.STARTING, 0), 1)], 3, 60.0, False),  # one is on its way
+        ([], 2, 60.0, False),  # nothing to copy
+    ],
+)
+def test_a_copy_is_wanted_only_when_every_copy_is_full_and_a_request_waited(
+    copies: list[tuple[Occupant, int]], replicas_max: int, waited_s: float, wanted: bool
+) -> None:
+    assert copy_wanted(copies, replicas_max, waited_s, after_s=2.0) is wanted
+
+
+def test_the_shortest_ttl_ignores_never() -> None:
+    assert shortest_ttl(0.0, 60.0) == 60.0 and shortest_ttl(300.0, 60.0) == 60.0 and shortest_ttl(0.0) == 0.0

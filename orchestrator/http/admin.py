@@ -127,7 +127,10 @@ class PoolView:
             routed = None  # not a route name
         if routed is not None:
             return routed
-        by_prefix = [s for s in live if s.key.startswith(ident)]
+        base, _dot, copy = ident.partition(".")  # a copy of a child: "<key prefix>.<n>", as ps shows it
+        by_prefix = [s for s in live if s.key.startswith(base) and s.key.endswith(f".{copy}" if copy else "")]
+        if len({s.spec.config_key for s in by_prefix}) == 1 and not copy:
+            by_prefix = [s for s in by_prefix if not s.spec.copy_of] or by_prefix  # the first copy
         if len(by_prefix) == 1:
             return by_prefix[0]
         if by_prefix:

@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import pairwise
@@ -245,7 +245,7 @@ class MemoryPlanner:
 
     def need(self, spec: SidecarSpec, layout: Layout = placement.UNPLACED) -> Need:
         """What a child of ``spec`` needs on ``layout`` (empty: where its own flags put it)."""
-        cached = self._needs.get((spec.key, layout))
+        cached = self._needs.get((spec.config_key, layout))
         if cached is not None:
             return cached
         facts = self._facts.get(self._identity(spec.model_path))
@@ -260,18 +260,21 @@ class MemoryPlanner:
             estimated = estimate(facts, settings, gpus)
         else:
             estimated = Footprint({HOST: self._file_size(spec.model_path)}, source="file size")
-        learned = self.store.get(spec.key)
+        learned = self.store.get(spec.config_key)
         if learned is not None and layout.devices:
             learned = retarget(learned, layout.devices, layout.shares)
         base = learned or estimated
         devices = dict(base.plus(HOST, host_extras(facts, settings)).devices)
         if len(self._needs) >= NEEDS_KEPT:
             self._needs.clear()
-        need = self._needs[(spec.key, layout)] = Need(devices, base.source, estimated, learned)
+        need = self._needs[(spec.config_key, layout)] = Need(devices, base.source, estimated, learned)
         return need
 
-    def placeable(self, spec: SidecarSpec, knows: Callable[[str], bool]) -> list[str]:
-        """The GPUs the pool may choose among for ``spec`` (none: its placement is not the pool's)."""
+    def placeable(
+        self, spec: SidecarSpec, knows: Callable[[str], bool], avoid: Collection[str] = ()
+    ) -> list[str]:
+        """The GPUs the pool may choose among for ``spec`` (none: its placement is not the pool's),
+        without those in ``avoid`` unless that leaves none."""
         gpus = [device.name for device in self.gpus(spec.binary)]
         if self.config.pool.placement == "off" or not gpus or not knows("--device"):
             return []
@@ -280,7 +283,7 @@ class MemoryPlanner:
         settings = Settings.of(spec.flags, 0)
         if settings.gpu_layers == 0 or any(not d.upper().startswith("CPU") for _p, d in settings.overrides):
             return []  # nothing on a GPU, or tensors sent to named devices by hand
-        return gpus
+        return [gpu for gpu in gpus if gpu not in avoid] or gpus
 
     def sample_placement(self, routes: RouteTable) -> list[tuple[str, Choice]]:
         """Where each configured model and agent would go if all were started in turn, none stopped."""
@@ -313,11 +316,13 @@ class MemoryPlanner:
         knows: Callable[[str], bool],
         residents: list[admission.Resident],
         max_count: int,
+        avoid: Collection[str] = (),
     ) -> Choice:
-        """Where a child of ``spec`` would go now, and admission's decision about it there."""
+        """Where a child of ``spec`` would go now (on GPUs not in ``avoid`` where it can), and
+        admission's decision about it there."""
         return placement.choose(
             self.config.pool.placement,
-            self.placeable(spec, knows),
+            self.placeable(spec, knows, avoid),
             lambda layout: self.need(spec, layout).devices,
             residents,
             self.budgets(),
@@ -356,7 +361,7 @@ class MemoryPlanner:
             extra += ["--ctx-size", str(facts.n_ctx_train)]
         if self.gpus(spec.binary) and not spec.sets("--gpu-layers") and knows("--gpu-layers"):
             extra += ["--gpu-layers", "all"]
-        if self.store.get(spec.key) is None and not spec.sets("--verbosity") and knows("--verbosity"):
+        if self.store.get(spec.config_key) is None and not spec.sets("--verbosity") and knows("--verbosity"):
             extra += LEARNING_ARGV
         return tuple(extra)
 
@@ -365,8 +370,8 @@ class MemoryPlanner:
         rss = None if pid is None else process_tree_rss(pid)
         if measured is None:
             return False  # it printed no accounting (an old build, or it was not asked to)
-        self.store.put(spec.key, spec.binary, measured, rss)
-        self._needs = {k: v for k, v in self._needs.items() if k[0] != spec.key}
+        self.store.put(spec.config_key, spec.binary, measured, rss)
+        self._needs = {k: v for k, v in self._needs.items() if k[0] != spec.config_key}
         estimated = self.need(spec).estimate
         log.info(
             "learned what %s uses: %s (the estimate was %s)",

@@ -71,6 +71,7 @@ from orchestrator.supervisor.memory import MemoryPlanner, Need
 from orchestrator.supervisor.sidecar import Sidecar
 from orchestrator.supervisor.upstream import Upstream
 
+COPY_PRIORITY_DROP = 1 << 20  # below any configured priority: idle copies go first for room
 KEEP_ALIVE_NOW_S = 1e-3  # keep_alive 0: idle TTL 0 means "never", so the shortest one instead
 log = logging.getLogger("orchestrator.supervisor.pool")
 
@@ -132,13 +133,14 @@ class ChildGuard(Protocol):
 class _Tenancy:
     """The pool's bookkeeping about one live sidecar: its leases and the requests waiting for it."""
 
-    def __init__(self, sidecar: SidecarLike, need: Need, placed: Choice) -> None:
+    def __init__(self, sidecar: SidecarLike, need: Need, placed: Choice, line: deque[object]) -> None:
         self.sidecar = sidecar
         self.need = need  # what admission counts it for
         self.placed = placed  # the GPUs it was given, and why
         self.in_flight = 0
         self.waiting = 0  # requests waiting for it: to become ready, or for a free slot
-        self.queue: deque[object] = deque()  # those waiting for a slot, first come first served
+        # Those waiting for a slot, first come first served: one line for every copy of a child.
+        self.queue = line
         self.last_used = trio.current_time()
         self.idle = trio.Event()  # set while nothing is in flight
         self.idle.set()
@@ -146,7 +148,7 @@ class _Tenancy:
 
     def occupant(self) -> Occupant:
         s = self.sidecar
-        pinned = s.spec.placement.pin
+        pinned = s.spec.placement.pin and not s.spec.copy_of  # a copy is never kept for its own sake
         return Occupant(s.key, s.state, self.in_flight, self.last_used, self.waiting, self.idle_ttl_s, pinned)
 
 
@@ -180,6 +182,7 @@ class Pool:
         self._expiry_alarm = math.inf  # when _expire_idle looks next, unless woken sooner
         self._expiry_review = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._adding: set[str] = set()  # keys a copy is being started for
         self._port_cursor = self._settings.port_range[0]
 
     @property
@@ -236,8 +239,10 @@ class Pool:
     async def _acquire(self, spec: SidecarSpec) -> _Tenancy:
         deadline = trio.current_time() + self._pool_settings.capacity_wait_s
         while True:
-            tenancy = self._live.get(spec.key)
-            if tenancy is None:
+            copies = self._copies(spec.key)
+            if copies:
+                tenancy = min(copies, key=self._busyness)
+            else:
                 self._refuse_while_backing_off(spec)
                 room = await self._make_room(spec, deadline)
                 tenancy = room if isinstance(room, _Tenancy) else self._spawn(spec, room)
@@ -250,17 +255,34 @@ class Pool:
                 finally:
                     tenancy.waiting -= 1
             if sidecar.state is State.READY:
-                if self._slot_free(tenancy) and not tenancy.queue:
-                    self._take_slot(tenancy)
-                    return tenancy
-                if await self._queue_for(tenancy, deadline):
-                    return tenancy
+                free = None if tenancy.queue else self._free_copy(spec.key)
+                if free is not None:
+                    self._take_slot(free)
+                    return free
+                taken = await self._queue_for(tenancy, deadline)
+                if taken is not None:
+                    return taken
                 continue
             if isinstance(sidecar.outcome, FailedToStart):
                 raise sidecar.outcome.error  # the next request tries again (or meets the backoff)
             # It is being stopped (evicted, unhealthy, reloaded) or it crashed: wait, then respawn.
             await sidecar.wait_exited()
             self._gone(tenancy)  # done already when it said it exited; never leave it registered
+
+    def _copies(self, key: str) -> list[_Tenancy]:
+        """The live children of ``key`` (a configuration's key), the first started first."""
+        return [t for t in self._live.values() if t.sidecar.spec.config_key == key]
+
+    def _busyness(self, tenancy: _Tenancy) -> tuple[int, int]:
+        """Which copy a request goes to: a ready one before one starting, then the least busy."""
+        state = tenancy.sidecar.state
+        rank = 0 if state is State.READY else 1 if state is State.STARTING else 2
+        return rank, tenancy.in_flight + tenancy.waiting
+
+    def _free_copy(self, key: str) -> _Tenancy | None:
+        """The ready copy of ``key`` with a free slot and the fewest requests, if any."""
+        free = [t for t in self._copies(key) if t.sidecar.state is State.READY and self._slot_free(t)]
+        return min(free, key=lambda t: t.in_flight, default=None)
 
     def _max_in_flight(self, sidecar: SidecarLike) -> int:
         return self._pool_settings.max_in_flight or sidecar.slots
@@ -273,12 +295,13 @@ class Pool:
         tenancy.in_flight += 1
         tenancy.idle = trio.Event() if tenancy.in_flight == 1 else tenancy.idle
 
-    async def _queue_for(self, tenancy: _Tenancy, deadline: float) -> bool:
-        """Wait in line (bounded) for a busy child's slot; True once taken, False if it left service.
+    async def _queue_for(self, tenancy: _Tenancy, deadline: float) -> _Tenancy | None:
+        """Wait in line (bounded) for a slot of a busy child or of any copy of it; the copy whose
+        slot was taken, or None if ``tenancy`` left service.
 
         First come, first served: a free slot goes to the head of the line, never to whoever
         wakes first (under load that could starve a request past its deadline). 429 when the
-        line is full.
+        line is full. A request that waits pool.replica_wait_s may start another copy.
         """
         sidecar = tenancy.sidecar
         if tenancy.waiting >= self._pool_settings.max_queue:
@@ -290,14 +313,24 @@ class Pool:
         ticket = object()
         tenancy.queue.append(ticket)
         tenancy.waiting += 1  # a child with waiters is not idle: never evicted under them
+        key = sidecar.spec.config_key
+        queued_at = trio.current_time()
+        copy_at = queued_at + self._pool_settings.replica_wait_s
+        if sidecar.spec.placement.replicas_max < 2:
+            copy_at = math.inf
         try:
             with trio.move_on_at(deadline):
                 while sidecar.state is State.READY:
-                    if tenancy.queue[0] is ticket and self._slot_free(tenancy):
-                        self._take_slot(tenancy)
-                        return True
-                    await self._changed.wait()
-                return False  # stopping or gone: the caller waits for it and starts another
+                    free = self._free_copy(key) if tenancy.queue[0] is ticket else None
+                    if free is not None:
+                        self._take_slot(free)
+                        return free
+                    with trio.move_on_at(copy_at):
+                        await self._changed.wait()
+                    if trio.current_time() >= copy_at:
+                        copy_at = math.inf  # once per request: a steady queue keeps asking
+                        self._consider_copy(sidecar.spec, trio.current_time() - queued_at)
+                return None  # stopping or gone: the caller waits for it and starts another
         finally:
             tenancy.queue.remove(ticket)
             tenancy.waiting -= 1
@@ -316,7 +349,7 @@ class Pool:
         ``spec`` instead if another request spawned one meanwhile.
         """
         while True:
-            existing = self._live.get(spec.key)
+            existing = self._live.get(spec.key) or next(iter(self._copies(spec.key)), None)
             if existing is not None:
                 return existing
             placed = self._place(spec)
@@ -365,17 +398,56 @@ class Pool:
         for tenancy in self._live.values():
             occupant = tenancy.occupant()
             placement = tenancy.sidecar.spec.placement
+            # Idle copies beyond the first are the first to go for room.
+            priority = placement.priority - COPY_PRIORITY_DROP * bool(tenancy.sidecar.spec.copy_of)
             residents.append(
                 admission.Resident(
                     occupant.key,
                     self.memory.current(occupant.key, tenancy.need),
                     policy.evictable(occupant),
-                    placement.pin,
-                    placement.priority,
+                    occupant.pinned,
+                    priority,
                     occupant.last_used,
                 )
             )
         return residents
+
+    # -- copies of a busy child ------------------------------------------------
+
+    def _consider_copy(self, spec: SidecarSpec, waited_s: float) -> None:
+        """A request has waited ``waited_s`` for a slot of ``spec``'s child: start another copy if the
+        policy wants one (and none is being added already)."""
+        key = spec.config_key
+        copies = [(t.occupant(), self._max_in_flight(t.sidecar)) for t in self._copies(key)]
+        settings = self._pool_settings
+        if key in self._adding or not policy.copy_wanted(
+            copies, spec.placement.replicas_max, waited_s, settings.replica_wait_s
+        ):
+            return
+        assert self._nursery is not None
+        self._adding.add(key)
+        self._nursery.start_soon(self._add_copy, self._copies(key)[0], waited_s)
+
+    async def _add_copy(self, first: _Tenancy, waited_s: float) -> None:
+        """Start one more copy of ``first``'s child where it fits now (idle children may be stopped
+        for it, busy ones never), on GPUs other copies do not use where possible."""
+        base = first.sidecar.spec
+        key = base.config_key
+        try:
+            taken = {t.sidecar.key for t in self._copies(key)}
+            number = next(n for n in range(2, len(taken) + 3) if f"{key}.{n}" not in taken)
+            spec = dataclasses.replace(base, key=f"{key}.{number}", copy_of=key, extra_argv=())
+            try:
+                room = await self._make_room(spec, trio.current_time())  # now or never: no waiting
+            except (CapacityError, InsufficientMemoryError) as error:
+                log.info("no copy of %s: %s", base.model, error)
+                return
+            if isinstance(room, _Tenancy):
+                return
+            log.info("%s: a request waited %.1f s for a slot: starting copy %d", base.model, waited_s, number)
+            self._spawn(spec, room, first.queue)
+        finally:
+            self._adding.discard(key)
 
     # -- crash loops ---------------------------------------------------------
 
@@ -408,17 +480,21 @@ class Pool:
 
     # -- spawning ------------------------------------------------------------
 
-    def _spawn(self, spec: SidecarSpec, placed: Choice) -> _Tenancy:
+    def _spawn(self, spec: SidecarSpec, placed: Choice, line: deque[object] | None = None) -> _Tenancy:
+        """Start a child of ``spec`` where ``placed`` says (a copy joins the first one's ``line``)."""
         assert self._nursery is not None, "Pool.run() is not running"
         restarts = self._spawns.get(spec.key, 0)
         self._spawns[spec.key] = restarts + 1
         need = self.memory.need(spec, placed.layout)
         knows = partial(self.routes.binary_knows, spec.binary)
-        extra = placed.layout.argv() + (() if self.kv is None else self.kv.start_argv(spec, knows))
+        keeps_kv = self.kv is not None and not spec.copy_of  # one KV cache per key: the first copy's
+        extra = placed.layout.argv() + (self.kv.start_argv(spec, knows) if self.kv and keeps_kv else ())
         extra += self.memory.start_argv(spec, knows)
         spec = dataclasses.replace(spec, extra_argv=extra)  # this start only, not the key
         sidecar = self._make_sidecar(spec, restarts, self._on_sidecar_event)
-        tenancy = self._live[spec.key] = _Tenancy(sidecar, need, placed)
+        tenancy = self._live[spec.key] = _Tenancy(sidecar, need, placed, deque() if line is None else line)
+        if spec.copy_of:
+            tenancy.idle_ttl_s = policy.shortest_ttl(spec.idle_ttl_s, self._pool_settings.replica_idle_ttl_s)
         self._publish(sidecar, Spawned, restarts=restarts)
         self._nursery.start_soon(self._own, tenancy)
         return tenancy
@@ -433,7 +509,7 @@ class Pool:
             allocate_port=self._allocate_port,
             restarts=restarts,
             on_event=on_event,
-            prepare=None if self.kv is None else self.kv.restore,
+            prepare=None if self.kv is None or spec.copy_of else self.kv.restore,
         )
 
     async def _own(self, tenancy: _Tenancy) -> None:
@@ -474,7 +550,8 @@ class Pool:
             await tenancy.idle.wait()
         sidecar = tenancy.sidecar
         # A ready child keeps what it has processed: its slots are saved while it still runs.
-        if self.kv is not None and sidecar.ready_at is not None and sidecar.outcome is None:
+        running = sidecar.ready_at is not None and sidecar.outcome is None
+        if self.kv is not None and running and not sidecar.spec.copy_of:
             await self.kv.save(sidecar)
         await sidecar.stop(reason, detail)
 
@@ -500,7 +577,10 @@ class Pool:
         if tenancy is None:
             return None
         await self.evict(key, StopReason.RESTART, "restarted on request")
-        return await self.preload(tenancy.sidecar.spec)
+        spec = tenancy.sidecar.spec
+        if spec.copy_of:  # a copy comes back as the pool sees fit: whichever copy has room serves
+            spec = dataclasses.replace(spec, key=spec.copy_of, copy_of="")
+        return await self.preload(spec)
 
     def apply(self, routes: RouteTable) -> tuple[list[str], list[str]]:
         """Serve ``routes`` from now on: children they still need keep running, the others drain and stop.
@@ -515,7 +595,7 @@ class Pool:
         wanted = self._configured_keys()
         kept, stopping = [], []
         for tenancy in list(self._live.values()):
-            if tenancy.sidecar.key in wanted:
+            if tenancy.sidecar.spec.config_key in wanted:
                 kept.append(tenancy.sidecar.key)
             else:
                 self._stop_soon(tenancy, StopReason.RELOAD, "no longer in the configuration, or changed")
@@ -650,14 +730,17 @@ class Pool:
 
     # -- views ---------------------------------------------------------------
 
+    def _find(self, key: str) -> _Tenancy | None:
+        """The live child ``key`` names: that child, or the first copy of that configuration."""
+        return self._live.get(key) or next(iter(self._copies(key)), None)
+
     def get(self, key: str) -> SidecarLike | None:
-        tenancy = self._live.get(key)
+        tenancy = self._find(key)
         return None if tenancy is None else tenancy.sidecar
 
     def is_ready(self, key: str) -> bool:
-        """Whether a request for ``key`` finds its child ready now (no load to wait for)."""
-        sidecar = self.get(key)
-        return sidecar is not None and sidecar.state is State.READY
+        """Whether a request for ``key`` finds a child ready now (no load to wait for)."""
+        return any(t.sidecar.state is State.READY for t in self._copies(key))
 
     def last_failure(self, key: str) -> Failure | None:
         """Why ``key``'s last child failed, while that is remembered (see CrashHistory)."""
@@ -681,17 +764,15 @@ class Pool:
     def keep_alive(self, key: str, seconds: float) -> None:
         """From now on, stop the live child ``key`` once idle this long (Ollama's keep_alive): 0 as soon
         as it is idle, inf never for idleness (room may still evict it)."""
-        tenancy = self._live.get(key)
-        if tenancy is None:
-            return
-        tenancy.idle_ttl_s = 0.0 if math.isinf(seconds) else max(seconds, KEEP_ALIVE_NOW_S)
-        if not tenancy.in_flight:
-            ttl = tenancy.idle_ttl_s
-            self._notify(idle_until=tenancy.last_used + ttl if ttl else math.inf)
+        for tenancy in self._copies(key):
+            tenancy.idle_ttl_s = 0.0 if math.isinf(seconds) else max(seconds, KEEP_ALIVE_NOW_S)
+            if not tenancy.in_flight:
+                ttl = tenancy.idle_ttl_s
+                self._notify(idle_until=tenancy.last_used + ttl if ttl else math.inf)
 
     def expires_at(self, key: str) -> float | None:
         """When the live child ``key`` will be stopped for idleness if nothing uses it (wall clock)."""
-        tenancy = self._live.get(key)
+        tenancy = self._find(key)
         if tenancy is None or not tenancy.idle_ttl_s:
             return None
         return time.time() + tenancy.last_used + tenancy.idle_ttl_s - trio.current_time()
@@ -703,7 +784,11 @@ class Pool:
     def _place(self, spec: SidecarSpec) -> Choice:
         """Where a child of ``spec`` would go now (see placement), and whether it fits there."""
         knows = partial(self.routes.binary_knows, spec.binary)
-        return self.memory.place(spec, knows, self._residents(), self._pool_settings.max_sidecars)
+        # A copy goes on other GPUs than its siblings where it can: each its own memory bandwidth.
+        siblings = self._copies(spec.config_key) if spec.copy_of else []
+        avoid = {d for t in siblings for d in self.memory.devices_of(t.sidecar.spec)}
+        residents = self._residents()
+        return self.memory.place(spec, knows, residents, self._pool_settings.max_sidecars, avoid)
 
     def leases(self, key: str) -> tuple[int, int]:
         """(requests in flight, requests waiting) for the live sidecar ``key``; (0, 0) if none."""
@@ -735,7 +820,8 @@ class Pool:
             **sidecar.describe(),
             **leases,
             "memory": memory,
-            "agents": self.routes.users(sidecar.key),
+            "agents": self.routes.users(sidecar.spec.config_key),
+            "copy_of": sidecar.spec.copy_of or None,
             "kv_cache": kv_cache,
         }
 

@@ -9,11 +9,13 @@ the same contracts with real processes (the fake llama-server).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -30,10 +32,10 @@ from orchestrator.errors import (
 from orchestrator.footprint import HOST, Footprint
 from orchestrator.policy import State, StopReason
 from orchestrator.routing import LlamaServerBinary, RouteTable
-from orchestrator.supervisor.events import Crashed, Exited, FailedToStart, Published, Stopped
+from orchestrator.supervisor.events import Crashed, Exited, FailedToStart, Published, RequestStarted, Stopped
 from orchestrator.supervisor.memory import LearnedStore, MemoryPlanner
 from orchestrator.supervisor.pool import Pool
-from tests.conftest import make_config, pid_alive, routes_for, wait_until
+from tests.conftest import make_config, pid_alive, routes_for, running_daemon, wait_until
 from tests.fakes.sidecar_double import Behaviour, DoubleFactory, double_routes, pool_of_doubles
 
 # -- on the mock clock ----------------------------------------------------------------
@@ -390,6 +392,44 @@ async def test_real_idle_ttl_stops_the_process(
         assert sidecar.pid is not None and not pid_alive(sidecar.pid)
 
 
+async def test_real_a_busy_model_gets_a_second_process_on_the_other_gpu_and_it_serves_half(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+) -> None:
+    """With pack, a second child would fit on CUDA0 beside the first: a copy goes to the other GPU."""
+    gpus = "CUDA0:24576:24000,CUDA1:24576:24000"
+    binary = dataclasses.replace(fake_binary, env={"FAKE_LLAMA_DEVICES": gpus})
+    breakdown = {"Host": [10, 1, 1], "CUDA0": [2000, 100, 100]}
+    path = fake_model("m", slots=1, reply_delay_s=0.3, breakdown=breakdown)
+    config = make_config(
+        tmp_path,
+        {"m": {"path": path, "replicas_max": 2}},
+        pool={"placement": "pack", "replica_wait_s": 0.2, "prompt_cache_mib": 0, "capacity_wait_s": 60},
+    )
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    started: list[str] = []
+    async with running_daemon(config, binary) as (url, daemon), httpx.AsyncClient(timeout=30) as client:
+        assert daemon.pool is not None
+
+        def note(event: object) -> None:
+            if isinstance(event, RequestStarted):
+                started.append(event.key)
+
+        daemon.pool.observers.append(note)
+
+        async def ask() -> None:
+            assert (await client.post(f"{url}/v1/chat/completions", json=body)).status_code == 200
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(12):
+                nursery.start_soon(ask)
+        sidecars = (await client.get(f"{url}/api/sidecars")).json()["sidecars"]
+    first, copy = sidecars
+    assert copy["copy_of"] == first["key"] and copy["key"] == f"{first['key']}.2"
+    assert first["memory"]["devices"] == ["CUDA0"] and copy["memory"]["devices"] == ["CUDA1"]
+    assert "--slot-save-path" not in copy["argv"]  # one KV cache per key: the first copy's
+    assert len(started) == 12 and started.count(copy["key"]) >= 3  # it took a share of the queue
+
+
 async def test_request_racing_the_eviction_of_its_child_waits_for_a_fresh_one(
     tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
 ) -> None:
@@ -545,3 +585,97 @@ async def test_pinned_children_are_kept_and_low_priority_ones_go_first(
         assert sorted(s.spec.model for s in pool.sidecars()) == ["high", "new", "pinned"]
         await trio.sleep(120)  # past the idle TTL
         assert [s.spec.model for s in pool.sidecars()] == ["pinned"]  # pinned: never for idleness
+
+
+# -- copies of a busy child, on the mock clock ---------------------------------------------------
+
+
+async def steady_load(pool: Pool, name: str, clients: int, requests: int, served: list[str]) -> None:
+    """``clients`` clients, each sending ``requests`` 10 s requests back to back; ``served`` gets the
+    key of the child that served each."""
+
+    async def client() -> None:
+        for _ in range(requests):
+            async with pool.lease(pool.routes.resolve(name)) as sidecar:
+                served.append(sidecar.key)
+                await trio.sleep(10)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(clients):
+            nursery.start_soon(client)
+
+
+async def test_a_steady_queue_starts_a_second_copy_that_takes_half_of_the_load(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    factory = DoubleFactory({"m": Behaviour(slots=1)})
+    routes = double_routes(
+        tmp_path, {"m": {"replicas_max": 2}}, pool={"capacity_wait_s": 1000, "replica_wait_s": 2}
+    )
+    async with pool_of_doubles(routes, factory) as pool:
+        served: list[str] = []
+        await steady_load(pool, "m", clients=4, requests=5, served=served)
+        first, second = factory.of("m")  # one copy more, and only one
+        key = pool.routes.key_of("m")
+        assert (first.key, second.key, second.spec.copy_of) == (key, f"{key}.2", key)
+        # Ready at 1 s; the waiters queue from then on and the first of them asks for a copy at 3 s.
+        assert second.ready_at == 4.0
+        assert abs(served.count(first.key) - served.count(second.key)) <= 2  # 20 requests: about half each
+        assert pool.describe_one(second)["copy_of"] == key
+
+
+async def test_no_copy_without_replicas_max_and_none_while_a_slot_frees_in_time(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    factory = DoubleFactory({"m": Behaviour(slots=1), "r": Behaviour(slots=1)})
+    routes = double_routes(
+        tmp_path, {"m": {}, "r": {"replicas_max": 3}}, pool={"capacity_wait_s": 1000, "replica_wait_s": 15}
+    )
+    async with pool_of_doubles(routes, factory) as pool:
+        await steady_load(pool, "m", clients=3, requests=2, served=[])
+        await steady_load(pool, "r", clients=2, requests=2, served=[])  # each waits 10 s: under 15 s
+        assert len(factory.of("m")) == 1 and len(factory.of("r")) == 1
+
+
+async def test_idle_copies_go_first_for_room_and_by_their_own_ttl(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    routes = double_routes(
+        tmp_path,
+        {"old": {}, "m": {"replicas_max": 2}, "new": {}},
+        pool={"memory_budget": "10 GiB", "prompt_cache_mib": 0, "capacity_wait_s": 1000,
+              "replica_wait_s": 1, "replica_idle_ttl_s": 300},
+    )  # fmt: skip
+    factory = DoubleFactory({"m": Behaviour(slots=1)})
+    planner = learned_planner(routes, {"old": 3, "m": 3, "new": 3})  # copies need what the first learned
+    async with pool_of_doubles(routes, factory, planner) as pool:
+        await hold(pool, "old", 1)  # the least recently used from now on
+        await steady_load(pool, "m", clients=3, requests=2, served=[])
+        first, copy = factory.of("m")
+        assert {s.key for s in pool.sidecars()} == {pool.routes.key_of("old"), first.key, copy.key}
+        await hold(pool, "new", 1)  # 4 x 3 GiB > 10 GiB: one must go, and it is the idle copy
+        assert isinstance(copy.outcome, Stopped) and copy.outcome.reason is StopReason.LRU
+        assert sorted(s.spec.model for s in pool.sidecars()) == ["m", "new", "old"]
+        # A copy started again stops by its own idle TTL (300 s); the first copy has none.
+        await hold(pool, "old", 0)
+        await steady_load(pool, "m", clients=3, requests=2, served=[])
+        *_, again = factory.of("m")
+        assert again.key == f"{first.key}.2" and again.outcome is None
+        await trio.sleep(301)
+        assert isinstance(again.outcome, Stopped) and again.outcome.reason is StopReason.TTL
+        assert first.outcome is None
+
+
+async def test_a_copy_that_does_not_fit_beside_busy_children_is_not_started(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    routes = double_routes(
+        tmp_path,
+        {"m": {"replicas_max": 2}},
+        pool={"memory_budget": "5 GiB", "prompt_cache_mib": 0, "capacity_wait_s": 1000, "replica_wait_s": 1},
+    )
+    factory = DoubleFactory({"m": Behaviour(slots=1)})
+    async with pool_of_doubles(routes, factory, learned_planner(routes, {"m": 3})) as pool:
+        served: list[str] = []
+        await steady_load(pool, "m", clients=2, requests=2, served=served)
+        assert len(factory.of("m")) == 1 and len(served) == 4  # all served by the one child, in turn
