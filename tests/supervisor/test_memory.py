@@ -130,6 +130,17 @@ async def placement_daemon(
         yield url, client
 
 
+@asynccontextmanager
+async def learned_then_placed(
+    tmp_path: Path, gpus: str, binary: LlamaServerBinary, models: dict[str, dict[str, Any]], policy: str
+) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
+    """A daemon placing ``models`` on the fake's ``gpus`` by ``policy``, once each file was learned."""
+    binary = dataclasses.replace(binary, env={"FAKE_LLAMA_DEVICES": gpus})
+    await learn(tmp_path, {name: model for name, model in models.items() if "devices" not in model}, binary)
+    async with placement_daemon(tmp_path, models, policy, binary) as (url, client):
+        yield url, client
+
+
 async def learn(tmp_path: Path, models: dict[str, dict[str, Any]], binary: LlamaServerBinary) -> None:
     """A first daemon that starts each model once, learning what it uses (the pool's state dir keeps it)."""
     async with placement_daemon(tmp_path, models, "spread", binary) as (url, client):
@@ -163,13 +174,12 @@ async def live(client: httpx.AsyncClient, url: str) -> dict[str, dict[str, Any]]
 async def test_spread_puts_two_one_gpu_models_on_different_gpus_and_evicts_only_on_the_gpu_it_needs(
     tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
 ) -> None:
-    binary = dataclasses.replace(fake_binary, env={"FAKE_LLAMA_DEVICES": TWO_GPUS})
     models = gpu_models(fake_model)
-    await learn(tmp_path, models, binary)
-    async with placement_daemon(tmp_path, models, "spread", binary) as (url, client):
-        a, b = await load(client, url, "a"), await load(client, url, "b")
-        assert placed(a) == ("--device", "CUDA0") and placed(b) == ("--device", "CUDA1")
-        assert a["memory"]["devices"] == ["CUDA0"] and b["memory"]["devices"] == ["CUDA1"]
+    async with learned_then_placed(tmp_path, TWO_GPUS, fake_binary, models, "spread") as (url, client):
+        a = await load(client, url, "a")
+        assert placed(a) == ("--device", "CUDA0") and a["memory"]["devices"] == ["CUDA0"]
+        b = await load(client, url, "b")  # the emptier GPU now
+        assert placed(b) == ("--device", "CUDA1") and b["memory"]["devices"] == ["CUDA1"]
         assert set(b["memory"]["counted_mib"]) == {HOST, "CUDA1"}  # counted on its GPU only
         assert "has the most free memory (spread)" in b["memory"]["placement"]
         # 14 GiB fits neither GPU beside a 10 GiB child: one of them stops, the other stays.
@@ -184,10 +194,8 @@ async def test_spread_puts_two_one_gpu_models_on_different_gpus_and_evicts_only_
 async def test_pack_fills_one_gpu_and_splits_what_no_gpu_holds_over_two(
     tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
 ) -> None:
-    binary = dataclasses.replace(fake_binary, env={"FAKE_LLAMA_DEVICES": TWO_GPUS})
     models = gpu_models(fake_model)
-    await learn(tmp_path, models, binary)
-    async with placement_daemon(tmp_path, models, "pack", binary) as (url, client):
+    async with learned_then_placed(tmp_path, TWO_GPUS, fake_binary, models, "pack") as (url, client):
         a, b = await load(client, url, "a"), await load(client, url, "b")
         assert placed(a) == placed(b) == ("--device", "CUDA0")  # 10 + 10 GiB: both fit there
         big = await load(client, url, "big")  # 30 GiB: more than any one GPU's 23
@@ -204,12 +212,10 @@ async def test_pack_fills_one_gpu_and_splits_what_no_gpu_holds_over_two(
 async def test_four_gpus_split_a_big_model_over_the_fewest_and_a_pinned_model_stays_on_its_gpu(
     tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
 ) -> None:
-    binary = dataclasses.replace(fake_binary, env={"FAKE_LLAMA_DEVICES": FOUR_GPUS})
     models = gpu_models(fake_model)
-    del models["c"]
+    del models["c"], models["b"]
     models["pinned"] = {"path": models["a"]["path"], "devices": ["CUDA3"]}
-    await learn(tmp_path, {name: models[name] for name in ("a", "big")}, binary)
-    async with placement_daemon(tmp_path, models, "spread", binary) as (url, client):
+    async with learned_then_placed(tmp_path, FOUR_GPUS, fake_binary, models, "spread") as (url, client):
         big = await load(client, url, "big")  # 30 GiB over 11 GiB GPUs: three of them
         assert placed(big)[:2] == ("--device", "CUDA0,CUDA1,CUDA2")
         assert big["memory"]["devices"] == ["CUDA0", "CUDA1", "CUDA2"]
