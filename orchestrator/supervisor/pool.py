@@ -183,6 +183,7 @@ class Pool:
         self._expiry_review = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._adding: set[str] = set()  # keys a copy is being started for
+        self._live_copies = 0  # live children that are copies (see _copies)
         self._port_cursor = self._settings.port_range[0]
 
     @property
@@ -240,7 +241,9 @@ class Pool:
         deadline = trio.current_time() + self._pool_settings.capacity_wait_s
         while True:
             copies = self._copies(spec.key)
-            if copies:
+            if len(copies) == 1:
+                tenancy = copies[0]
+            elif copies:
                 tenancy = min(copies, key=self._busyness)
             else:
                 self._refuse_while_backing_off(spec)
@@ -255,7 +258,7 @@ class Pool:
                 finally:
                     tenancy.waiting -= 1
             if sidecar.state is State.READY:
-                free = None if tenancy.queue else self._free_copy(spec.key)
+                free = None if tenancy.queue else self._free_copy(copies or [tenancy])
                 if free is not None:
                     self._take_slot(free)
                     return free
@@ -271,6 +274,9 @@ class Pool:
 
     def _copies(self, key: str) -> list[_Tenancy]:
         """The live children of ``key`` (a configuration's key), the first started first."""
+        if not self._live_copies:  # the per-request fast path: no copies anywhere
+            first = self._live.get(key)
+            return [] if first is None else [first]
         return [t for t in self._live.values() if t.sidecar.spec.config_key == key]
 
     def _busyness(self, tenancy: _Tenancy) -> tuple[int, int]:
@@ -279,10 +285,13 @@ class Pool:
         rank = 0 if state is State.READY else 1 if state is State.STARTING else 2
         return rank, tenancy.in_flight + tenancy.waiting
 
-    def _free_copy(self, key: str) -> _Tenancy | None:
-        """The ready copy of ``key`` with a free slot and the fewest requests, if any."""
-        free = [t for t in self._copies(key) if t.sidecar.state is State.READY and self._slot_free(t)]
-        return min(free, key=lambda t: t.in_flight, default=None)
+    def _free_copy(self, copies: list[_Tenancy]) -> _Tenancy | None:
+        """The ready one of ``copies`` with a free slot and the fewest requests, if any."""
+        free = None
+        for tenancy in copies:
+            if tenancy.sidecar.state is State.READY and self._slot_free(tenancy):
+                free = tenancy if free is None or tenancy.in_flight < free.in_flight else free
+        return free
 
     def _max_in_flight(self, sidecar: SidecarLike) -> int:
         return self._pool_settings.max_in_flight or sidecar.slots
@@ -321,7 +330,7 @@ class Pool:
         try:
             with trio.move_on_at(deadline):
                 while sidecar.state is State.READY:
-                    free = self._free_copy(key) if tenancy.queue[0] is ticket else None
+                    free = self._free_copy(self._copies(key)) if tenancy.queue[0] is ticket else None
                     if free is not None:
                         self._take_slot(free)
                         return free
@@ -494,6 +503,7 @@ class Pool:
         sidecar = self._make_sidecar(spec, restarts, self._on_sidecar_event)
         tenancy = self._live[spec.key] = _Tenancy(sidecar, need, placed, deque() if line is None else line)
         if spec.copy_of:
+            self._live_copies += 1
             tenancy.idle_ttl_s = policy.shortest_ttl(spec.idle_ttl_s, self._pool_settings.replica_idle_ttl_s)
         self._publish(sidecar, Spawned, restarts=restarts)
         self._nursery.start_soon(self._own, tenancy)
@@ -666,6 +676,7 @@ class Pool:
         if self._live.get(key) is not tenancy:
             return  # already done (the Exited event and the end of its task both come here)
         del self._live[key]
+        self._live_copies -= bool(tenancy.sidecar.spec.copy_of)
         outcome = tenancy.sidecar.outcome
         failure = None if outcome is None else outcome.failure()
         if failure is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -317,3 +318,38 @@ async def test_charts_with_no_child_yet_show_their_axes_and_say_so(
     for x_min, x_max, y_min, y_max in ranges:  # type: ignore[misc]
         assert now - 700 < x_min < x_max <= now + 5 and x_max - x_min >= 590  # the last 10 minutes
         assert (y_min, y_max) == (0, 1)
+
+
+def gpu_bars(url: str, chromium: str) -> dict[str, object]:
+    """Each GPU's bar and the second child's memory cell, as the page shows them."""
+    from playwright.sync_api import expect
+
+    with browser_page(chromium) as page:
+        open_dashboard(page, url)
+        expect(page.locator("#sidecars tbody tr")).to_have_count(2)
+        bars = {}
+        for device in ("CUDA0", "CUDA1"):
+            shares = page.locator(f'#memory [data-device="{device}"] .share')
+            expect(shares).to_have_count(1)
+            bars[device] = shares.first.get_attribute("title")
+        model_b = page.locator('[data-field="model"]', has_text="b")
+        row = page.locator("#sidecars tbody tr").filter(has=model_b)
+        cell = row.locator('[data-field="memory"]')
+        return {**bars, "cell": cell.get_attribute("title")}
+
+
+async def test_each_gpus_bar_shows_the_child_placed_on_it(
+    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str], chromium: str
+) -> None:
+    gpus = "CUDA0:24576:24000,CUDA1:24576:24000"
+    binary = dataclasses.replace(fake_binary, env={"FAKE_LLAMA_DEVICES": gpus})
+    breakdown = {"Host": [100, 10, 10], "CUDA0": [8000, 1000, 500]}  # 9.3 GiB, wherever it is put
+    models = {name: {"path": fake_model(name, breakdown=breakdown)} for name in ("a", "b")}
+    config = make_config(tmp_path, models, pool={"prompt_cache_mib": 0})
+    async with running_daemon(config, binary) as (url, _daemon), httpx.AsyncClient(timeout=30) as client:
+        for name in ("a", "b"):  # a learns what it uses once ready, so b goes to the emptier GPU
+            assert (await client.post(f"{url}/api/models/{name}/load")).status_code == 200
+        shown = await trio.to_thread.run_sync(partial(gpu_bars, url, chromium))
+    assert re.fullmatch(r"a \(\w{8}\): counts 9\.\d GiB, learned", str(shown["CUDA0"])), shown
+    assert re.fullmatch(r"b \(\w{8}\): counts 9\.\d GiB, learned", str(shown["CUDA1"])), shown
+    assert "; it runs on CUDA1 (CUDA1 has the most free memory (spread)" in str(shown["cell"]), shown
