@@ -298,8 +298,8 @@ class _Table:
         if "devices" not in self.data:
             return flags
         devices = self.checked_strings("devices", placement.device_name_problem)
-        if any(flag.name in placement.PLACEMENT_FLAGS for flag in flags):
-            self.problem("devices", f"set either devices or the flags {', '.join(placement.PLACEMENT_FLAGS)}")
+        if any(flag.name in flagmod.PLACEMENT_FLAGS for flag in flags):
+            self.problem("devices", f"set either devices or the flags {', '.join(flagmod.PLACEMENT_FLAGS)}")
         elif not self.data["devices"]:
             self.problem("devices", 'expected at least one device name, e.g. ["CUDA1"]')
         elif devices:

@@ -196,11 +196,15 @@ OWNED_FLAGS = frozenset(
     }
 )  # fmt: skip
 OWNED_PREFIXES = ("--models-", "--no-models-", "--ssl-", "--api-key", "--hf-")
+# Flags that fix where a child runs on a box's GPUs: the configuration's to set, else the
+# pool's to choose (see placement).
+PLACEMENT_FLAGS = ("--device", "--main-gpu", "--tensor-split", "--split-mode")
 # Besides file paths, what a request may not switch on for itself: network peers,
-# server-side tools, and endpoints that change the child's global state.
+# server-side tools, endpoints that change the child's global state, and its GPUs.
 REQUEST_FORBIDDEN = frozenset(
-    {"--rpc", "--tools", "--tools-runtime", "--mcp-servers-config", "--mcp-servers-json", "--props"}
-)
+    {"--rpc", "--tools", "--tools-runtime", "--mcp-servers-config", "--mcp-servers-json", "--props",
+     *PLACEMENT_FLAGS}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,6 @@ from itertools import combinations
 from orchestrator import admission
 
 POLICIES = ("spread", "pack", "off")  # off: llama.cpp's own (every model over every GPU)
-# Flags that fix where a child runs: with any of them the user placed it.
-PLACEMENT_FLAGS = ("--device", "--main-gpu", "--tensor-split", "--split-mode")
 _KIND_ORDER = {"admit": 0, "evict": 1, "wait": 2}
 _DEVICE_NAME = re.compile(r"^[A-Za-z][\w-]*$")  # as --list-devices names them: CUDA0, Vulkan1, Metal
 

@@ -127,6 +127,8 @@ def test_all_problems_are_reported_at_once() -> None:
         (["--chat-template-file", "t.jinja"], "names a file on the server"),
         (["--rpc", "10.0.0.1:50052"], "--rpc is not allowed per request"),
         (["--tools", "all"], "--tools is not allowed per request"),
+        (["--device", "CUDA1"], "--device is not allowed per request"),  # the configuration's, or the pool's
+        (["-ts", "3,1"], "-ts is not allowed per request"),
     ],
 )
 def test_per_request_flags_may_not_reach_files_or_the_network(tokens: list[str], message: str) -> None:

@@ -33,6 +33,7 @@ import trio
 from orchestrator import admission, placement
 from orchestrator.config import Config, file_identity
 from orchestrator.devices import Device, list_devices
+from orchestrator.flags import PLACEMENT_FLAGS
 from orchestrator.footprint import HOST, Footprint, ModelFacts, Settings, estimate, host_extras, retarget
 from orchestrator.ggufheader import GgufError, read_facts
 from orchestrator.placement import Choice, Layout
@@ -278,7 +279,7 @@ class MemoryPlanner:
         gpus = [device.name for device in self.gpus(spec.binary)]
         if self.config.pool.placement == "off" or not gpus or not knows("--device"):
             return []
-        if any(spec.sets(name) for name in placement.PLACEMENT_FLAGS):
+        if any(spec.sets(name) for name in PLACEMENT_FLAGS):
             return []  # the user placed it
         settings = Settings.of(spec.flags, 0)
         if settings.gpu_layers == 0 or any(not d.upper().startswith("CPU") for _p, d in settings.overrides):

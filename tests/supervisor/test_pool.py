@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import trio
 import trio.testing
 
 from orchestrator.admission import GiB
+from orchestrator.cli import main
 from orchestrator.config import Config
 from orchestrator.errors import (
     BackoffError,
@@ -393,7 +395,10 @@ async def test_real_idle_ttl_stops_the_process(
 
 
 async def test_real_a_busy_model_gets_a_second_process_on_the_other_gpu_and_it_serves_half(
-    tmp_path: Path, fake_binary: LlamaServerBinary, fake_model: Callable[..., str]
+    tmp_path: Path,
+    fake_binary: LlamaServerBinary,
+    fake_model: Callable[..., str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """With pack, a second child would fit on CUDA0 beside the first: a copy goes to the other GPU."""
     gpus = "CUDA0:24576:24000,CUDA1:24576:24000"
@@ -422,12 +427,20 @@ async def test_real_a_busy_model_gets_a_second_process_on_the_other_gpu_and_it_s
         async with trio.open_nursery() as nursery:
             for _ in range(12):
                 nursery.start_soon(ask)
-        sidecars = (await client.get(f"{url}/api/sidecars")).json()["sidecars"]
-    first, copy = sidecars
-    assert copy["copy_of"] == first["key"] and copy["key"] == f"{first['key']}.2"
-    assert first["memory"]["devices"] == ["CUDA0"] and copy["memory"]["devices"] == ["CUDA1"]
-    assert "--slot-save-path" not in copy["argv"]  # one KV cache per key: the first copy's
-    assert len(started) == 12 and started.count(copy["key"]) >= 3  # it took a share of the queue
+        first, copy = (await client.get(f"{url}/api/sidecars")).json()["sidecars"]
+        assert copy["copy_of"] == first["key"] and copy["key"] == f"{first['key']}.2"
+        assert first["memory"]["devices"] == ["CUDA0"] and copy["memory"]["devices"] == ["CUDA1"]
+        assert "--slot-save-path" not in copy["argv"]  # one KV cache per key: the first copy's
+        assert len(started) == 12 and started.count(copy["key"]) >= 3  # it took a share of the queue
+        # ps names the copy by its first copy's short key and its number, and evict takes that name;
+        # the short key alone names the first copy.
+        assert await trio.to_thread.run_sync(partial(main, ["ps", "--url", url])) == 0
+        rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:3]]
+        short = first["key"][:8]
+        assert [(row[0], row[-3]) for row in rows] == [(short, "CUDA0"), (f"{short}.2", "CUDA1")]
+        assert await trio.to_thread.run_sync(partial(main, ["evict", "--url", url, f"{short}.2"])) == 0
+        assert await trio.to_thread.run_sync(partial(main, ["evict", "--url", url, short])) == 0
+        assert (await client.get(f"{url}/api/sidecars")).json()["sidecars"] == []
 
 
 async def test_request_racing_the_eviction_of_its_child_waits_for_a_fresh_one(
