@@ -92,7 +92,7 @@ async def _doctor(routes: RouteTable) -> str:
 
 def _print_placement(routes: RouteTable) -> None:
     """Each device with its budget, and where the configured models would go (see placement)."""
-    planner = MemoryPlanner(routes.config)
+    planner = MemoryPlanner.with_learned(routes.config)
     planner.discover(routes)
     budgets, totals = planner.budgets(), planner.totals()
     print("devices (budget of total):")
@@ -153,7 +153,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except OrchestratorError as error:  # no llama-server here: the file itself is still fine
         print(f"note: memory not checked: {error}", file=sys.stderr)
         return 0
-    planner = MemoryPlanner(config)
+    planner = MemoryPlanner.with_learned(config)
     planner.discover(routes)
     for problem in planner.never_fits(routes):
         print(f"warning: {args.path}: {problem}", file=sys.stderr)

@@ -19,7 +19,6 @@ import hypercorn.trio
 import trio
 
 from orchestrator.auth import AccessRules, exposure_problem
-from orchestrator.dirs import state_dir
 from orchestrator.errors import ConfigError, ListenError, OrchestratorError, leaf_exceptions
 from orchestrator.http.agentcheck import AgentCheck
 from orchestrator.http.app import create_app
@@ -28,7 +27,7 @@ from orchestrator.routing import RouteTable, SidecarSpec
 from orchestrator.sdnotify import Notifier
 from orchestrator.supervisor.history import History
 from orchestrator.supervisor.kvcache import KvCache, store_dir
-from orchestrator.supervisor.memory import STORE_NAME, LearnedStore, MemoryPlanner
+from orchestrator.supervisor.memory import MemoryPlanner
 from orchestrator.supervisor.metrics import PoolMetrics
 from orchestrator.supervisor.pool import Pool
 from orchestrator.supervisor.stats import StatsSampler
@@ -89,7 +88,7 @@ class Daemon:
             await nursery.start(self._notifier.run)
             watchdog = Watchdog(own_state_file())
             await nursery.start(watchdog.run)
-            memory = MemoryPlanner(self.routes.config, LearnedStore(state_dir() / STORE_NAME))
+            memory = MemoryPlanner.with_learned(self.routes.config)
             await trio.to_thread.run_sync(memory.discover, self.routes)
             kv = KvCache(self.config.kv_cache, store_dir(self.config.kv_cache))
             await nursery.start(kv.run, self.routes)

@@ -33,6 +33,7 @@ import trio
 from orchestrator import admission, placement
 from orchestrator.config import Config, file_identity
 from orchestrator.devices import Device, list_devices
+from orchestrator.dirs import state_dir
 from orchestrator.flags import PLACEMENT_FLAGS
 from orchestrator.footprint import HOST, Footprint, ModelFacts, Settings, estimate, host_extras, retarget
 from orchestrator.ggufheader import GgufError, read_facts
@@ -168,6 +169,11 @@ class MemoryPlanner:
     _current: dict[str, dict[str, int]] = field(default_factory=dict)  # by key: measured now
     # Needs by (key, layout): placement weighs several layouts per decision, /api/fleet every model.
     _needs: dict[tuple[str, Layout], Need] = field(default_factory=dict)
+
+    @classmethod
+    def with_learned(cls, config: Config) -> MemoryPlanner:
+        """A planner that knows what this machine's children used before (the state folder's store)."""
+        return cls(config, LearnedStore(state_dir() / STORE_NAME))
 
     # -- learning about the machine and the models (blocking: run in a thread) --------------
 
