@@ -101,6 +101,8 @@ def _print_placement(routes: RouteTable) -> None:
     print(f"sample placement (pool.placement = {routes.config.pool.placement}; each started in turn):")
     for name, choice in planner.sample_placement(routes):
         where = choice.layout.describe() if choice.layout.devices else "as its flags say"
+        if len(budgets) == 1:
+            where = "the host (no GPU here)"
         if choice.decision.kind != "admit":
             where = f"{choice.decision.kind.replace('_', ' ')}: {choice.decision.reason}"
         print(f"  {name}: {where}" + (f" ({choice.why})" if choice.why and choice.layout.devices else ""))

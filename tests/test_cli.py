@@ -68,6 +68,7 @@ def test_doctor_reports_a_working_binary_and_a_failing_one(
     assert main(["doctor", "--config", config_with(fake_model("good"))]) == 0
     out = capsys.readouterr().out
     assert f"llama-server: {fake_binary.path} (config)" in out
+    assert "  m: the host (no GPU here)\n" in out
     assert "ok: ready in" in out
 
     assert main(["doctor", "--config", config_with(fake_model("bad", exit_during_load=3))]) == 1
