@@ -23,7 +23,6 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -306,12 +305,12 @@ class MemoryPlanner:
                 residents.append(admission.Resident(spec.key, choice.need, idle=False))
         return placed
 
-    def devices_of(self, spec: SidecarSpec) -> list[str]:
-        """The GPUs a child of ``spec`` runs on: its --device (placement's or the user's), else all."""
-        chosen = [value for flag, value in pairwise(spec.extra_argv) if flag == "--device"]
+    def devices_of(self, spec: SidecarSpec, layout: Layout = placement.UNPLACED) -> list[str]:
+        """The GPUs a child of ``spec`` runs on: its placement's, else where its flags put it (all by
+        default)."""
+        if layout.devices:
+            return list(layout.devices)
         settings = Settings.of(spec.flags, 0)
-        if chosen:
-            return [device for device in chosen[-1].split(",") if device != "none"]
         if settings.gpu_layers == 0:
             return []
         allowed = settings.devices

@@ -797,7 +797,7 @@ class Pool:
         knows = partial(self.routes.binary_knows, spec.binary)
         # A copy goes on other GPUs than its siblings where it can: each its own memory bandwidth.
         siblings = self._copies(spec.config_key) if spec.copy_of else []
-        avoid = {d for t in siblings for d in self.memory.devices_of(t.sidecar.spec)}
+        avoid = {d for t in siblings for d in self.memory.devices_of(t.sidecar.spec, t.placed.layout)}
         residents = self._residents()
         return self.memory.place(spec, knows, residents, self._pool_settings.max_sidecars, avoid)
 
@@ -822,7 +822,7 @@ class Pool:
             else {
                 **tenancy.need.to_json(),
                 "counted_mib": self.counted_mib(sidecar.key),
-                "devices": self.memory.devices_of(sidecar.spec),
+                "devices": self.memory.devices_of(sidecar.spec, tenancy.placed.layout),
                 "placement": tenancy.placed.why or None,
             }
         )

@@ -530,11 +530,11 @@ def main(argv: list[str]) -> int:
     with open(options["--model"]) as file:
         State.behaviour = json.load(file)
     State.model_path = os.path.abspath(options["--model"])
-    State.slot_save_path = next((argv[i + 1] for i, t in enumerate(argv[:-1]) if t == "--slot-save-path"), "")
+    State.slot_save_path = option(argv, "--slot-save-path", "")
     if State.slot_save_path and not os.path.isdir(State.slot_save_path):
         log(f"error while handling argument \"--slot-save-path\": not a directory: {State.slot_save_path}")
         return 1
-    aliases = next((argv[i + 1] for i, t in enumerate(argv[:-1]) if t == "--alias"), "")
+    aliases = option(argv, "--alias", "")
     State.alias = aliases.split(",")[0] if aliases else State.model_path
     behaviour = State.behaviour
     host, port = options.get("--host", "127.0.0.1"), int(options.get("--port", "8080"))
@@ -561,7 +561,7 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     log(f"load_model: loading model '{options['--model']}'")
     time.sleep(float(behaviour.get("load_s", 0)))
-    verbosity = next((argv[i + 1] for i, t in enumerate(argv[:-1]) if t in ("--verbosity", "-lv")), "3")
+    verbosity = option(argv, "--verbosity", option(argv, "-lv", "3"))
     if "breakdown" in behaviour and int(verbosity) >= 4:
         print_breakdown(placed(behaviour["breakdown"], argv))
     if behaviour.get("exit_during_load") is not None:
